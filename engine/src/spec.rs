@@ -1,0 +1,512 @@
+//! Pipeline files: TOML → a typed, located [`PipelineSpec`].
+//!
+//! ```toml
+//! [node]
+//! id = "edge-1"
+//! role = "edge"
+//!
+//! [policy]
+//! remote = ["threshold"]          # tunables the cloud may change
+//! [policy.tunables]
+//! threshold = 4.0
+//!
+//! [sources.sim]
+//! type = "simulator"
+//!
+//! [transforms.alerts]
+//! type = "filter"
+//! inputs = ["sim"]
+//! predicate = "temperature > ${policy.threshold}"
+//!
+//! [sinks.out]
+//! type = "stdout"
+//! inputs = ["alerts"]
+//! ```
+//!
+//! Parsing collects every problem it can find (syntax, unknown keys with a suggestion,
+//! unknown types, bad values and units, undeclared policy references), each with file,
+//! line, column and key path. Graph-level checks live in [`crate::validate`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use crate::component::{ComponentConfig, Kind, Registry};
+use crate::error::{ConfigError, ConfigErrors};
+use crate::policy::{PolicyValue, references};
+
+/// `[node]`: who runs this pipeline.
+#[derive(Clone, Debug, Deserialize, PartialEq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    /// The node's id, carried on everything it sends (for example `edge-7`).
+    pub id: String,
+    /// Where it runs: `edge`, `cloud` or `standalone`.
+    #[serde(default)]
+    pub role: Role,
+}
+
+/// Where a node runs.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Next to the machines: scores and filters locally.
+    Edge,
+    /// In the cloud: fleet analytics and policies.
+    Cloud,
+    /// Anything else (tools, tests, batch jobs).
+    #[default]
+    Standalone,
+}
+
+/// `[policy]`: the node's tunables.
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct PolicySection {
+    /// Tunables that the cloud may change remotely; any other change is refused.
+    #[serde(default)]
+    remote: Vec<Spanned<String>>,
+    /// Named tunables with their defaults.
+    #[serde(default)]
+    tunables: BTreeMap<String, PolicyValue>,
+}
+
+/// A reference to a component output in `inputs`: `NAME` or `NAME.SIDE`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InputRef {
+    /// The text as written.
+    pub text: String,
+    /// Where it is written.
+    pub span: Range<usize>,
+}
+
+impl InputRef {
+    /// The referenced component and side output (`None` for the main output).
+    pub fn split(&self) -> (&str, Option<&str>) {
+        match self.text.split_once('.') {
+            Some((name, side)) => (name, Some(side)),
+            None => (&self.text, None),
+        }
+    }
+}
+
+/// One `[sources|transforms|sinks.NAME]` table.
+#[derive(Clone)]
+pub struct ComponentSpec {
+    /// Source, transform or sink.
+    pub kind: Kind,
+    /// Its name.
+    pub name: String,
+    /// Its `type`.
+    pub type_name: String,
+    /// Its `inputs`, in order.
+    pub inputs: Vec<InputRef>,
+    /// The typed config.
+    pub config: ComponentConfig,
+    /// Where its name is written.
+    pub span: Range<usize>,
+    /// Where each of its keys is written (dotted paths inside the component).
+    pub key_spans: BTreeMap<String, Range<usize>>,
+}
+
+impl ComponentSpec {
+    /// The dotted key path of this component (`transforms.detect`).
+    pub fn path(&self) -> String {
+        format!("{}.{}", self.kind.table(), self.name)
+    }
+}
+
+/// A parsed pipeline file.
+#[derive(Clone)]
+pub struct PipelineSpec {
+    /// The file it came from.
+    pub file: PathBuf,
+    /// Relative paths inside it are relative to this directory.
+    pub base_dir: PathBuf,
+    /// Its text, for locating spans.
+    pub text: Arc<str>,
+    /// `[node]`.
+    pub node: NodeSpec,
+    /// `[policy.tunables]`.
+    pub policy_defaults: BTreeMap<String, PolicyValue>,
+    /// `[policy] remote`.
+    pub remote: BTreeSet<String>,
+    /// Components in file order.
+    pub components: Vec<ComponentSpec>,
+}
+
+impl PipelineSpec {
+    /// A located error in this file.
+    pub fn error(&self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        locate(&self.file, &self.text, span, key, message)
+    }
+
+    /// The component called `name`.
+    pub fn component(&self, name: &str) -> Option<&ComponentSpec> {
+        self.components.iter().find(|c| c.name == name)
+    }
+}
+
+/// Builds a located error from a byte span of `text`.
+pub fn locate(file: &Path, text: &str, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    let start = span.start.min(text.len());
+    let before = &text[..start];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    ConfigError { file: file.to_path_buf(), line, column, key: key.into(), message: message.into(), help: None }
+}
+
+/// The closest candidate to `word`, if one is close enough to be a likely typo.
+pub fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| (strsim::damerau_levenshtein(word, c), c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 4) && *d < c.len())
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// Reads and parses a pipeline file.
+pub fn parse_file(path: &Path, registry: &Registry) -> Result<PipelineSpec, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: path.to_path_buf(),
+            line: 0,
+            column: 0,
+            key: String::new(),
+            message: format!("cannot read pipeline file: {e}"),
+            help: None,
+        }])
+    })?;
+    parse_str(&text, path, registry)
+}
+
+struct Parser<'a> {
+    file: &'a Path,
+    text: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl Parser<'_> {
+    fn err(&mut self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) -> &mut ConfigError {
+        self.errors.push(locate(self.file, self.text, span, key, message));
+        self.errors.last_mut().expect("just pushed")
+    }
+
+    /// Converts a deserialization error inside the table at `prefix` into a located error.
+    fn de_error(&mut self, error: toml::de::Error, prefix: &str, table: &DeTable<'_>, fallback: Range<usize>) {
+        let span = error.span().unwrap_or(fallback.clone());
+        let message = error.message().trim().to_string();
+        if let Some(rest) = message.strip_prefix("unknown field `") {
+            let field = rest.split('`').next().unwrap_or("").to_string();
+            let expected: Vec<&str> = rest.split('`').skip(2).step_by(2).collect();
+            let span = key_span(table, &field).unwrap_or(span);
+            let e = self.err(span, format!("{prefix}.{field}"), format!("unknown key `{field}`"));
+            e.help = Some(match suggest(&field, expected.iter().copied()) {
+                Some(s) => format!("did you mean `{s}`?"),
+                None if expected.is_empty() => "this component takes no other keys".to_string(),
+                None => format!("known keys: {}", expected.join(", ")),
+            });
+            return;
+        }
+        if let Some(rest) = message.strip_prefix("missing field `") {
+            let field = rest.split('`').next().unwrap_or("");
+            self.err(fallback, format!("{prefix}.{field}"), format!("missing required key `{field}`"));
+            return;
+        }
+        let path = key_path_at(table, span.start);
+        let key = if path.is_empty() { prefix.to_string() } else { format!("{prefix}.{}", path.join(".")) };
+        self.err(span, key, message);
+    }
+}
+
+fn key_span(table: &DeTable<'_>, key: &str) -> Option<Range<usize>> {
+    table.iter().find(|(k, _)| k.get_ref().as_ref() == key).map(|(k, _)| k.span())
+}
+
+fn get<'t, 'i>(table: &'t DeTable<'i>, key: &str) -> Option<(&'t Spanned<std::borrow::Cow<'i, str>>, &'t Spanned<DeValue<'i>>)> {
+    table.iter().find(|(k, _)| k.get_ref().as_ref() == key)
+}
+
+/// The key path inside `table` whose key or value covers `offset`.
+fn key_path_at(table: &DeTable<'_>, offset: usize) -> Vec<String> {
+    for (k, v) in table.iter() {
+        let covers = k.span().contains(&offset) || v.span().contains(&offset) || v.span().start == offset;
+        if covers {
+            let mut path = vec![k.get_ref().to_string()];
+            if let DeValue::Table(inner) = v.get_ref() {
+                path.extend(key_path_at(inner, offset));
+            }
+            return path;
+        }
+    }
+    Vec::new()
+}
+
+/// Collects `(key path, span, policy name)` for every `${policy.NAME}` in string values.
+fn policy_refs(prefix: &str, value: &Spanned<DeValue<'_>>, out: &mut Vec<(String, Range<usize>, String)>) {
+    match value.get_ref() {
+        DeValue::String(s) => {
+            for name in references(s) {
+                out.push((prefix.to_string(), value.span(), name));
+            }
+        }
+        DeValue::Array(items) => {
+            for item in items.iter() {
+                policy_refs(prefix, item, out);
+            }
+        }
+        DeValue::Table(t) => {
+            for (k, v) in t.iter() {
+                policy_refs(&format!("{prefix}.{}", k.get_ref()), v, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn record_key_spans(prefix: &str, table: &DeTable<'_>, out: &mut BTreeMap<String, Range<usize>>) {
+    for (k, v) in table.iter() {
+        let path = if prefix.is_empty() { k.get_ref().to_string() } else { format!("{prefix}.{}", k.get_ref()) };
+        out.insert(path.clone(), k.span());
+        if let DeValue::Table(inner) = v.get_ref() {
+            record_key_spans(&path, inner, out);
+        }
+    }
+}
+
+const TOP_LEVEL: [&str; 5] = ["node", "policy", "sources", "transforms", "sinks"];
+
+/// Parses pipeline text; `file` is used for messages and to resolve relative paths.
+pub fn parse_str(text: &str, file: &Path, registry: &Registry) -> Result<PipelineSpec, ConfigErrors> {
+    let mut p = Parser { file, text, errors: Vec::new() };
+    let root = match DeTable::parse(text) {
+        Ok(root) => root,
+        Err(e) => {
+            let span = e.span().unwrap_or(0..0);
+            p.err(span, "", format!("invalid TOML: {}", e.message().trim()));
+            return Err(ConfigErrors(p.errors));
+        }
+    };
+    let root_span = root.span();
+    let root = root.into_inner();
+
+    for (k, _) in root.iter() {
+        let key = k.get_ref().as_ref();
+        if !TOP_LEVEL.contains(&key) {
+            let help = suggest(key, TOP_LEVEL).map(|s| format!("did you mean `[{s}]`?"));
+            let e = p.err(k.span(), key, format!("unknown section `{key}`"));
+            e.help = help.or_else(|| Some(format!("sections are: {}", TOP_LEVEL.join(", "))));
+        }
+    }
+
+    // [node]
+    let node = match get(&root, "node") {
+        None => {
+            p.err(root_span.start..root_span.start, "node", "missing `[node]` section")
+                .help = Some("add `[node]` with `id = \"…\"` (and `role = \"edge\"|\"cloud\"`)".into());
+            None
+        }
+        Some((k, v)) => match v.get_ref() {
+            DeValue::Table(t) => {
+                use serde::de::IntoDeserializer;
+                let table = t.clone();
+                match NodeSpec::deserialize(v.clone().into_deserializer()) {
+                    Ok(n) => Some(n),
+                    Err(e) => {
+                        p.de_error(e, "node", &table, k.span());
+                        None
+                    }
+                }
+            }
+            _ => {
+                p.err(v.span(), "node", "`node` must be a table");
+                None
+            }
+        },
+    };
+
+    // [policy]
+    let mut policy = PolicySection::default();
+    if let Some((k, v)) = get(&root, "policy") {
+        use serde::de::IntoDeserializer;
+        let empty = DeTable::default();
+        let table = match v.get_ref() {
+            DeValue::Table(t) => t.clone(),
+            _ => empty,
+        };
+        match PolicySection::deserialize(v.clone().into_deserializer()) {
+            Ok(section) => policy = section,
+            Err(e) => p.de_error(e, "policy", &table, k.span()),
+        }
+    }
+    for name in &policy.remote {
+        if !policy.tunables.contains_key(name.get_ref()) {
+            let help = suggest(name.get_ref(), policy.tunables.keys().map(String::as_str))
+                .map(|s| format!("did you mean `{s}`?"))
+                .unwrap_or_else(|| "declare it under [policy.tunables] with its default".into());
+            p.err(name.span(), "policy.remote", format!("`{}` is not a declared tunable", name.get_ref()))
+                .help = Some(help);
+        }
+    }
+
+    // components
+    let mut components = Vec::new();
+    let mut seen: BTreeMap<String, Range<usize>> = BTreeMap::new();
+    for kind in [Kind::Source, Kind::Transform, Kind::Sink] {
+        let Some((_, section)) = get(&root, kind.table()) else { continue };
+        let DeValue::Table(section) = section.get_ref() else {
+            p.err(section.span(), kind.table(), format!("`{}` must be a table of {} tables", kind.table(), kind.noun()));
+            continue;
+        };
+        for (name_key, value) in section.iter() {
+            let name = name_key.get_ref().to_string();
+            let path = format!("{}.{}", kind.table(), name);
+            if name.contains('.') || name.is_empty() {
+                p.err(name_key.span(), &path, "component names may not be empty or contain `.`");
+                continue;
+            }
+            if seen.insert(name.clone(), name_key.span()).is_some() {
+                p.err(name_key.span(), &path, format!("component name `{name}` is used twice"))
+                    .help = Some("names must be unique across sources, transforms and sinks".into());
+                continue;
+            }
+            if let Some(c) = parse_component(&mut p, registry, kind, &name, name_key.span(), value) {
+                components.push(c);
+            }
+        }
+    }
+
+    // ${policy.NAME} references must name declared tunables.
+    for kind in [Kind::Source, Kind::Transform, Kind::Sink] {
+        let Some((_, section)) = get(&root, kind.table()) else { continue };
+        let mut refs = Vec::new();
+        policy_refs(kind.table(), section, &mut refs);
+        for (key, span, name) in refs {
+            if !policy.tunables.contains_key(&name) {
+                let help = suggest(&name, policy.tunables.keys().map(String::as_str))
+                    .map(|s| format!("did you mean `${{policy.{s}}}`?"))
+                    .unwrap_or_else(|| format!("declare `{name}` under [policy.tunables]"));
+                p.err(span, key, format!("`${{policy.{name}}}` names no declared tunable")).help = Some(help);
+            }
+        }
+    }
+
+    if !p.errors.is_empty() {
+        return Err(ConfigErrors(p.errors));
+    }
+    let base_dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
+    Ok(PipelineSpec {
+        file: file.to_path_buf(),
+        base_dir: if base_dir.as_os_str().is_empty() { PathBuf::from(".") } else { base_dir },
+        text: Arc::from(text),
+        node: node.expect("no errors means [node] parsed"),
+        policy_defaults: policy.tunables,
+        remote: policy.remote.into_iter().map(|s| s.into_inner()).collect(),
+        components,
+    })
+}
+
+fn parse_component(
+    p: &mut Parser<'_>,
+    registry: &Registry,
+    kind: Kind,
+    name: &str,
+    name_span: Range<usize>,
+    value: &Spanned<DeValue<'_>>,
+) -> Option<ComponentSpec> {
+    let path = format!("{}.{}", kind.table(), name);
+    let DeValue::Table(table) = value.get_ref() else {
+        p.err(value.span(), &path, format!("a {} must be a table with `type = \"…\"`", kind.noun()));
+        return None;
+    };
+    let mut key_spans = BTreeMap::new();
+    record_key_spans("", table, &mut key_spans);
+
+    let types = registry.type_names(kind);
+    let type_name = match get(table, "type") {
+        None => {
+            p.err(name_span.clone(), format!("{path}.type"), format!("missing `type` for {} `{name}`", kind.noun()))
+                .help = Some(format!("one of: {}", types.join(", ")));
+            None
+        }
+        Some((_, v)) => match v.get_ref() {
+            DeValue::String(s) => Some((s.to_string(), v.span())),
+            _ => {
+                p.err(v.span(), format!("{path}.type"), "`type` must be a string");
+                None
+            }
+        },
+    };
+
+    let mut inputs = Vec::new();
+    match (kind, get(table, "inputs")) {
+        (Kind::Source, Some((k, _))) => {
+            p.err(k.span(), format!("{path}.inputs"), "sources take no `inputs`");
+        }
+        (Kind::Source, None) => {}
+        (_, None) => {
+            p.err(name_span.clone(), format!("{path}.inputs"), format!("missing `inputs` for {} `{name}`", kind.noun()))
+                .help = Some("list the components it reads from, e.g. `inputs = [\"sim\"]`".into());
+        }
+        (_, Some((_, v))) => match v.get_ref() {
+            DeValue::Array(items) if !items.is_empty() => {
+                for item in items.iter() {
+                    match item.get_ref() {
+                        DeValue::String(s) => inputs.push(InputRef { text: s.to_string(), span: item.span() }),
+                        _ => {
+                            p.err(item.span(), format!("{path}.inputs"), "inputs must be strings");
+                        }
+                    }
+                }
+            }
+            _ => {
+                p.err(v.span(), format!("{path}.inputs"), "`inputs` must be a non-empty list of component names");
+            }
+        },
+    }
+
+    let (type_name, type_span) = type_name?;
+    let Some(registration) = registry.get(kind, &type_name) else {
+        let mut help = match suggest(&type_name, types.iter().copied()) {
+            Some(s) => format!("did you mean `{s}`?"),
+            None => format!("{} types: {}", kind.noun(), types.join(", ")),
+        };
+        for other in [Kind::Source, Kind::Transform, Kind::Sink] {
+            if other != kind && registry.get(other, &type_name).is_some() {
+                help = format!("`{type_name}` is a {}; put it under [{}.{name}]", other.noun(), other.table());
+            }
+        }
+        p.err(type_span, format!("{path}.type"), format!("unknown {} type `{type_name}`", kind.noun())).help = Some(help);
+        return None;
+    };
+
+    let mut params = DeTable::default();
+    for (k, v) in table.iter() {
+        let key = k.get_ref().as_ref();
+        if key != "type" && key != "inputs" {
+            params.insert(k.clone(), v.clone());
+        }
+    }
+    let params_value = Spanned::new(value.span(), DeValue::Table(params.clone()));
+    match (registration.parse)(params_value) {
+        Ok(config) => Some(ComponentSpec {
+            kind,
+            name: name.to_string(),
+            type_name,
+            inputs,
+            config,
+            span: name_span,
+            key_spans,
+        }),
+        Err(e) => {
+            p.de_error(e, &path, &params, name_span);
+            None
+        }
+    }
+}

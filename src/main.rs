@@ -1,1 +1,154 @@
-fn main(){}
+//! The `isthmus` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use isthmus_engine::graph::{GraphFormat, render};
+use isthmus_engine::runtime::{Node, RunOptions};
+use isthmus_engine::telemetry::fmt_us;
+use isthmus_engine::{ConfigErrors, EngineError};
+
+/// Edge-to-cloud stream processing: TOML pipelines compiled to timely dataflow.
+#[derive(Parser)]
+#[command(name = "isthmus", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one or more pipeline files together in this process (they may talk through
+    /// `channel` sources and sinks) until their sources finish or Ctrl-C.
+    Run {
+        /// Pipeline files (TOML).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Timely worker threads per pipeline.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// Seconds between progress lines on stderr (0 turns them off).
+        #[arg(long, default_value_t = 2.0)]
+        progress_secs: f64,
+    },
+    /// Check pipeline files without running anything: every problem is reported with its
+    /// file, line, column and key; the exit status is 2 when there is any.
+    Validate {
+        /// Pipeline files (TOML) that run together.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print the compiled graph of pipeline files as DOT or Mermaid.
+    Graph {
+        /// Pipeline files (TOML) that run together; one graph each.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Dot)]
+        format: Format,
+    },
+    /// Print the reference of every component type (generated from their config structs).
+    Docs,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Dot,
+    Mermaid,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            if let Some(config) = e.downcast_ref::<ConfigErrors>() {
+                eprintln!("{config}");
+                return ExitCode::from(2);
+            }
+            if let Some(EngineError::Config(config)) = e.downcast_ref::<EngineError>() {
+                eprintln!("{config}");
+                return ExitCode::from(2);
+            }
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Validate { files } => {
+            let plans = isthmus::load(&files)?;
+            for plan in &plans {
+                println!(
+                    "{}: ok (node `{}`, {} components)",
+                    plan.spec.file.display(),
+                    plan.spec.node.id,
+                    plan.spec.components.len()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Graph { files, format } => {
+            let plans = isthmus::load(&files)?;
+            let format = match format {
+                Format::Dot => GraphFormat::Dot,
+                Format::Mermaid => GraphFormat::Mermaid,
+            };
+            for plan in &plans {
+                print!("{}", render(plan, format));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Docs => {
+            print!("{}", isthmus::docs::reference(&isthmus::components::registry()));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { files, workers, progress_secs } => {
+            let shutdown = Arc::new(AtomicBool::new(false));
+            {
+                let shutdown = shutdown.clone();
+                ctrlc::set_handler(move || {
+                    if shutdown.swap(true, Ordering::SeqCst) {
+                        std::process::exit(130);
+                    }
+                    eprintln!("stopping: sources finish, in-flight rows drain (Ctrl-C again to abort)");
+                })
+                .context("cannot install the Ctrl-C handler")?;
+            }
+            let options = RunOptions {
+                workers,
+                progress_every: (progress_secs > 0.0).then(|| Duration::from_secs_f64(progress_secs)),
+                shutdown,
+            };
+            let plans = isthmus::load(&files)?;
+            let nodes: Vec<Node> = plans.into_iter().map(Node::new).collect();
+            let report = isthmus_engine::runtime::run(&nodes, &options)?;
+            eprintln!("\n== isthmus summary ({:.2}s, {} worker(s) per node) ==", report.elapsed.as_secs_f64(), workers);
+            for summary in &report.nodes {
+                eprintln!("{}", summary.report());
+            }
+            let total_in: u64 = report.nodes.iter().map(|n| n.events_in).sum();
+            if report.elapsed.as_secs_f64() > 0.0 && total_in > 0 {
+                eprintln!(
+                    "throughput: {:.0} events/s in; worst p99 {}",
+                    total_in as f64 / report.elapsed.as_secs_f64(),
+                    fmt_us(report.nodes.iter().map(|n| n.latency_p99_us).max().unwrap_or(0))
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -86,6 +86,8 @@ pub struct CheckContext<'a> {
     pub policy: &'a PolicySnapshot,
     /// Relative paths in the pipeline file are relative to this directory.
     pub base_dir: &'a std::path::Path,
+    /// Schemas of the in-process channels written by the pipelines run together.
+    pub channels: &'a BTreeMap<String, SchemaRef>,
 }
 
 impl CheckContext<'_> {

@@ -26,6 +26,7 @@ pub mod policy;
 pub mod runtime;
 pub mod spec;
 pub mod telemetry;
+pub mod testing;
 pub mod units;
 pub mod validate;
 

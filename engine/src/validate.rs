@@ -56,8 +56,28 @@ fn same_shape(a: &SchemaRef, b: &SchemaRef) -> bool {
         && a.fields().iter().zip(b.fields().iter()).all(|(x, y)| x.name() == y.name() && x.data_type() == y.data_type())
 }
 
-/// Validates one parsed pipeline.
+/// Validates one parsed pipeline on its own (channels it reads have no known schema).
 pub fn validate(spec: PipelineSpec) -> Result<Plan, ConfigErrors> {
+    let (order, schemas, errors) = check(&spec, &BTreeMap::new());
+    if errors.is_empty() { Ok(Plan { spec, order, schemas }) } else { Err(ConfigErrors(errors)) }
+}
+
+/// The input schema of every `channel` sink whose input schema is known.
+fn channel_schemas(spec: &PipelineSpec, schemas: &BTreeMap<String, SchemaRef>, out: &mut BTreeMap<String, SchemaRef>) {
+    for c in &spec.components {
+        if let ComponentConfig::Sink(s) = &c.config
+            && let (Some(name), Some(input)) = (s.writes_channel(), c.inputs.first())
+            && let Some(schema) = schemas.get(&input.text)
+        {
+            out.entry(name).or_insert_with(|| schema.clone());
+        }
+    }
+}
+
+type Checked = (Vec<usize>, BTreeMap<String, SchemaRef>, Vec<ConfigError>);
+
+/// Checks one pipeline given the schemas of the channels written by the others.
+fn check(spec: &PipelineSpec, channels: &BTreeMap<String, SchemaRef>) -> Checked {
     let mut errors = Vec::new();
     let index: HashMap<&str, usize> = spec.components.iter().enumerate().map(|(i, c)| (c.name.as_str(), i)).collect();
     let names: Vec<&str> = spec.components.iter().map(|c| c.name.as_str()).collect();
@@ -134,7 +154,7 @@ pub fn validate(spec: PipelineSpec) -> Result<Plan, ConfigErrors> {
 
     // Schemas flow through the graph.
     let snapshot = PolicyStore::new(spec.policy_defaults.clone(), spec.remote.clone()).snapshot();
-    let cx = CheckContext { node: &spec.node, policy: &snapshot, base_dir: &spec.base_dir };
+    let cx = CheckContext { node: &spec.node, policy: &snapshot, base_dir: &spec.base_dir, channels };
     let mut schemas: BTreeMap<String, SchemaRef> = BTreeMap::new();
     for &i in &order {
         let c = &spec.components[i];
@@ -201,7 +221,7 @@ pub fn validate(spec: PipelineSpec) -> Result<Plan, ConfigErrors> {
                 }
             }
             Ok(None) => {}
-            Err(problem) => errors.push(problem_error(&spec, i, problem)),
+            Err(problem) => errors.push(problem_error(spec, i, problem)),
         }
     }
 
@@ -209,22 +229,34 @@ pub fn validate(spec: PipelineSpec) -> Result<Plan, ConfigErrors> {
         errors.push(spec.error(0..0, "sources", "the pipeline has no source"));
     }
 
-    if errors.is_empty() {
-        Ok(Plan { spec, order, schemas })
-    } else {
-        Err(ConfigErrors(errors))
-    }
+    (order, schemas, errors)
 }
 
 /// Validates pipelines that run together: each alone, then channels and node ids across
 /// them. Every problem of every file is reported.
 pub fn validate_all(specs: Vec<PipelineSpec>) -> Result<Vec<Plan>, ConfigErrors> {
+    // Channel schemas flow from writer to reader pipelines, which may feed each other in a
+    // loop: check every pipeline until no new channel schema is learned.
+    let mut channels = BTreeMap::new();
+    let mut results: Vec<Checked>;
+    loop {
+        results = specs.iter().map(|s| check(s, &channels)).collect();
+        let mut learned = channels.clone();
+        for (spec, (_, schemas, _)) in specs.iter().zip(&results) {
+            channel_schemas(spec, schemas, &mut learned);
+        }
+        if learned.len() == channels.len() {
+            break;
+        }
+        channels = learned;
+    }
     let mut errors = Vec::new();
     let mut plans = Vec::new();
-    for spec in specs {
-        match validate(spec) {
-            Ok(p) => plans.push(p),
-            Err(e) => errors.extend(e.0),
+    for (spec, (order, schemas, errs)) in specs.into_iter().zip(results) {
+        if errs.is_empty() {
+            plans.push(Plan { spec, order, schemas });
+        } else {
+            errors.extend(errs);
         }
     }
     let mut ids: BTreeMap<&str, usize> = BTreeMap::new();

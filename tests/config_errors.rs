@@ -1,0 +1,145 @@
+//! Bad pipeline files get every problem reported at once, each with file, line, column
+//! and key path; exit status 2; nothing runs.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn validate(files: &[&Path]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_isthmus")).arg("validate").args(files).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).to_string())
+}
+
+const BAD: &str = r#"[node]
+id = "edge-1"
+
+[policy.tunables]
+threshold = 4.0
+
+[sources.sim]
+type = "simulator"
+devices = 4
+duration = "10 parsecs"
+
+[transforms.score]
+type = "detect"
+inputs = ["sim"]
+columns = ["temperature"]
+alhpa = 0.1
+
+[transforms.alerts]
+type = "filter"
+inputs = ["scroe"]
+predicate = "score > ${policy.treshold}"
+
+[transforms.loop_a]
+type = "map"
+inputs = ["loop_b"]
+select = ["ts"]
+
+[transforms.loop_b]
+type = "map"
+inputs = ["loop_a"]
+select = ["ts"]
+
+[transforms.hot]
+type = "filter"
+inputs = ["sim"]
+predicate = "temprature > 80"
+
+[sinks.out]
+type = "stdot"
+inputs = ["alerts"]
+"#;
+
+#[test]
+fn every_problem_is_reported_with_location_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "bad.toml", BAD);
+    let (code, stderr) = validate(&[&file]);
+    assert_eq!(code, 2, "{stderr}");
+    let f = file.display().to_string();
+    let expect = [
+        // bad duration unit
+        (format!("{f}:10:12: `sources.sim.duration`"), "unknown unit"),
+        // misspelled key, with a suggestion
+        (format!("{f}:16:1: `transforms.score.alhpa`"), "did you mean `alpha`?"),
+        // unknown policy reference
+        (format!("{f}:21:13: `transforms.alerts.predicate`"), "did you mean `${policy.threshold}`?"),
+        // unknown type, with a suggestion
+        (format!("{f}:39:8: `sinks.out.type`"), "did you mean `stdout`?"),
+    ];
+    for (location, text) in &expect {
+        assert!(stderr.contains(location.as_str()), "missing `{location}` in:\n{stderr}");
+        assert!(stderr.contains(text), "missing `{text}` in:\n{stderr}");
+    }
+    assert!(stderr.contains("nothing was run"), "{stderr}");
+}
+
+#[test]
+fn graph_problems_are_reported_after_parsing() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = BAD
+        .replace("duration = \"10 parsecs\"", "duration = \"10s\"")
+        .replace("alhpa", "alpha")
+        .replace("${policy.treshold}", "${policy.threshold}")
+        .replace("stdot", "stdout");
+    let file = write(dir.path(), "graph.toml", &text);
+    let (code, stderr) = validate(&[&file]);
+    assert_eq!(code, 2, "{stderr}");
+    let f = file.display().to_string();
+    // unknown input with a suggestion
+    assert!(stderr.contains(&format!("{f}:20:11: `transforms.alerts.inputs`: unknown input `scroe`")), "{stderr}");
+    assert!(stderr.contains("did you mean `score`?"), "{stderr}");
+    // cycle
+    assert!(stderr.contains("cycle: loop_a → loop_b → loop_a") || stderr.contains("cycle: loop_b → loop_a → loop_b"), "{stderr}");
+    // a column the input does not provide
+    assert!(stderr.contains(&format!("{f}:36:1: `transforms.hot.predicate`")), "{stderr}");
+    assert!(stderr.contains("temprature"), "{stderr}");
+}
+
+#[test]
+fn syntax_errors_and_unknown_sections_are_located() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "syntax.toml", "[node]\nid = \"x\"\n[sources.a]\ntype = \n");
+    let (code, stderr) = validate(&[&file]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains(&format!("{}:4:", file.display())), "{stderr}");
+    assert!(stderr.contains("invalid TOML"), "{stderr}");
+
+    let file = write(dir.path(), "section.toml", "[node]\nid = \"x\"\n[source.a]\ntype = \"simulator\"\n");
+    let (code, stderr) = validate(&[&file]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("unknown section `source`"), "{stderr}");
+    assert!(stderr.contains("did you mean `[sources]`?"), "{stderr}");
+}
+
+#[test]
+fn kinds_are_not_confused_and_inputs_are_required() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "kinds.toml",
+        "[node]\nid = \"x\"\n[sources.sim]\ntype = \"simulator\"\n[sinks.f]\ntype = \"filter\"\ninputs = [\"sim\"]\n[sinks.g]\ntype = \"null\"\n",
+    );
+    let (code, stderr) = validate(&[&file]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("`filter` is a transform; put it under [transforms.f]"), "{stderr}");
+    assert!(stderr.contains("missing `inputs` for sink `g`"), "{stderr}");
+}
+
+#[test]
+fn shipped_pipelines_validate() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (code, stderr) = validate(&[&root.join("pipelines/edge.toml"), &root.join("pipelines/cloud.toml")]);
+    assert_eq!(code, 0, "{stderr}");
+    // Alone, the cloud pipeline reads a channel nobody writes.
+    let (code, stderr) = validate(&[&root.join("pipelines/cloud.toml")]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("edge-anomalies"), "{stderr}");
+}

@@ -14,7 +14,7 @@ use std::sync::{Arc, RwLock};
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// The value of a tunable: a TOML scalar.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum PolicyValue {
     /// A boolean.
@@ -365,6 +365,19 @@ impl<T: Clone + TryFrom<PolicyValue>> Param<T> {
             Param::Literal(v) => Some(v.clone()),
             Param::Policy(name) => snapshot.get(name).and_then(|v| T::try_from(v.clone()).ok()),
         }
+    }
+}
+
+impl<T: schemars::JsonSchema> schemars::JsonSchema for Param<T> {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        format!("Param_{}", T::schema_name()).into()
+    }
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let inner = generator.subschema_for::<T>();
+        schemars::json_schema!({
+            "description": "A value, or a live `${policy.NAME}` reference to a tunable.",
+            "anyOf": [inner, { "type": "string", "pattern": "^\\$\\{policy\\.[A-Za-z0-9_]+\\}$" }]
+        })
     }
 }
 

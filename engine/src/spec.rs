@@ -65,7 +65,7 @@ pub enum Role {
 }
 
 /// `[policy]`: the node's tunables.
-#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PolicySection {
     /// Tunables that the cloud may change remotely; any other change is refused.

@@ -90,14 +90,13 @@ impl Harness {
     /// Runs a source to completion on one worker.
     pub fn run_source(&self, source: &dyn Source) -> Collected {
         let out: Rc<RefCell<Collected>> = Default::default();
-        let result = {
+        {
             let out = out.clone();
             run_single(move |scope, probe| {
                 let outputs = source.build(&self.context(scope, None)).expect("source builds");
                 collect(outputs, &out, probe);
-            })
-        };
-        drop(result);
+            });
+        }
         Rc::try_unwrap(out).map(RefCell::into_inner).unwrap_or_else(|rc| rc.borrow().clone())
     }
 

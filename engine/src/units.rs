@@ -137,3 +137,27 @@ mod tests {
         assert!(ByteSize::parse("4 potatoes").is_err());
     }
 }
+
+impl schemars::JsonSchema for DurationSpec {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "DurationSpec".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "A duration with its unit: us, ms, s, m, h or d (e.g. \"10s\")."
+        })
+    }
+}
+
+impl schemars::JsonSchema for ByteSize {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ByteSize".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "A size with its unit: B, KiB, MiB, GiB, KB, MB or GB (e.g. \"4MiB\")."
+        })
+    }
+}

@@ -33,12 +33,37 @@ impl CompiledExpr {
         Ok(CompiledExpr { expr, data_type })
     }
 
+    /// Whether it may yield nulls over rows of `schema` (conservatively `true` when unsure).
+    pub fn nullable(&self, schema: &arrow::datatypes::Schema) -> bool {
+        self.expr.nullable(schema).unwrap_or(true)
+    }
+
     /// Evaluates over every row of `batch`.
     pub fn evaluate(&self, batch: &RecordBatch) -> Result<ArrayRef, String> {
         self.expr
             .evaluate(batch)
             .and_then(|v| v.into_array(batch.num_rows()))
             .map_err(|e| clean(e.to_string()))
+    }
+}
+
+/// The first column that `sql` references but `schema` lacks, if planning fails for that
+/// reason (so that config checks can point at the column and suggest close names).
+pub fn missing_column(sql: &str, schema: &SchemaRef) -> Option<String> {
+    use datafusion::common::SchemaError;
+    use datafusion::error::DataFusionError;
+    let ctx = SessionContext::new();
+    let df_schema = DFSchema::try_from(schema.as_ref().clone()).ok()?;
+    let err = match ctx.parse_sql_expr(sql, &df_schema) {
+        Ok(logical) => ctx.create_physical_expr(logical, &df_schema).err()?,
+        Err(e) => e,
+    };
+    match err.find_root() {
+        DataFusionError::SchemaError(e, _) => match e.as_ref() {
+            SchemaError::FieldNotFound { field, .. } => Some(field.name.clone()),
+            _ => None,
+        },
+        _ => None,
     }
 }
 

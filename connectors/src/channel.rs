@@ -63,7 +63,8 @@ pub struct ChannelSink {
 
 fn check_name(name: &str) -> Result<(), Problem> {
     if name.trim().is_empty() {
-        return Err(Problem::at("channel", "the channel name is empty").with_help("for example `channel = \"edge-to-cloud\"`"));
+        return Err(Problem::at("channel", "the channel name is empty")
+            .with_help("for example `channel = \"edge-to-cloud\"`"));
     }
     Ok(())
 }
@@ -83,10 +84,9 @@ impl Source for ChannelSource {
 
     fn build<'s>(&self, cx: &BuildContext<'s>) -> Result<Outputs<BatchStream<'s>>, EngineError> {
         let receiving = if cx.worker_index() == 0 {
-            let (rx, expected) = cx
-                .channels
-                .receiver(&self.channel)
-                .ok_or_else(|| cx.error(format!("no pipeline writes channel `{}`", self.channel)))?;
+            let (rx, expected) = cx.channels.receiver(&self.channel).ok_or_else(|| {
+                cx.error(format!("no pipeline writes channel `{}`", self.channel))
+            })?;
             Some((rx, expected))
         } else {
             None
@@ -94,63 +94,73 @@ impl Source for ChannelSource {
         let shutdown = cx.shutdown.clone();
         let scope = cx.scope;
         let name = self.channel.clone();
-        let stream = source::<_, CapacityContainerBuilder<Vec<Batch>>, _, _>(cx.scope, &cx.name, move |cap, info| {
-            let activator = scope.activator_for(info.address);
-            // Other workers produce nothing: drop the capability at once.
-            let (rx, expected) = match receiving {
-                Some((rx, expected)) => (Some(rx), expected),
-                None => (None, 0),
-            };
-            let mut cap = (rx.is_some() && expected > 0).then_some(cap);
-            // Per sender: its watermark and whether it has closed.
-            let mut watermarks: Vec<Time> = vec![0; expected];
-            let mut closed: Vec<bool> = vec![false; expected];
-            move |output| {
-                let (Some(c), Some(rx)) = (cap.as_mut(), rx.as_ref()) else { return };
-                let mut handled = 0;
-                while handled < MESSAGES_PER_ACTIVATION {
-                    let Ok(message) = rx.try_recv() else { break };
-                    handled += 1;
-                    match message {
-                        ChannelMessage::Batch(batch) => output.session(&*c).give(batch),
-                        ChannelMessage::Watermark { sender, time } => {
-                            if sender >= watermarks.len() {
-                                watermarks.resize(sender + 1, 0);
-                                closed.resize(sender + 1, false);
+        let stream = source::<_, CapacityContainerBuilder<Vec<Batch>>, _, _>(
+            cx.scope,
+            &cx.name,
+            move |cap, info| {
+                let activator = scope.activator_for(info.address);
+                // Other workers produce nothing: drop the capability at once.
+                let (rx, expected) = match receiving {
+                    Some((rx, expected)) => (Some(rx), expected),
+                    None => (None, 0),
+                };
+                let mut cap = (rx.is_some() && expected > 0).then_some(cap);
+                // Per sender: its watermark and whether it has closed.
+                let mut watermarks: Vec<Time> = vec![0; expected];
+                let mut closed: Vec<bool> = vec![false; expected];
+                move |output| {
+                    let (Some(c), Some(rx)) = (cap.as_mut(), rx.as_ref()) else {
+                        return;
+                    };
+                    let mut handled = 0;
+                    while handled < MESSAGES_PER_ACTIVATION {
+                        let Ok(message) = rx.try_recv() else { break };
+                        handled += 1;
+                        match message {
+                            ChannelMessage::Batch(batch) => output.session(&*c).give(batch),
+                            ChannelMessage::Watermark { sender, time } => {
+                                if sender >= watermarks.len() {
+                                    watermarks.resize(sender + 1, 0);
+                                    closed.resize(sender + 1, false);
+                                }
+                                watermarks[sender] = watermarks[sender].max(time);
                             }
-                            watermarks[sender] = watermarks[sender].max(time);
-                        }
-                        ChannelMessage::Closed { sender } => {
-                            if sender >= closed.len() {
-                                watermarks.resize(sender + 1, 0);
-                                closed.resize(sender + 1, false);
+                            ChannelMessage::Closed { sender } => {
+                                if sender >= closed.len() {
+                                    watermarks.resize(sender + 1, 0);
+                                    closed.resize(sender + 1, false);
+                                }
+                                closed[sender] = true;
                             }
-                            closed[sender] = true;
                         }
                     }
-                }
-                let open = watermarks.iter().zip(&closed).filter(|(_, closed)| !**closed).map(|(w, _)| *w);
-                match open.min() {
-                    None => {
-                        tracing::debug!(channel = %name, "every sender closed");
+                    let open = watermarks
+                        .iter()
+                        .zip(&closed)
+                        .filter(|(_, closed)| !**closed)
+                        .map(|(w, _)| *w);
+                    match open.min() {
+                        None => {
+                            tracing::debug!(channel = %name, "every sender closed");
+                            cap = None;
+                            return;
+                        }
+                        Some(low) if low > *c.time() => c.downgrade(&low),
+                        Some(_) => {}
+                    }
+                    if shutdown.load(Ordering::Relaxed) && handled == 0 {
+                        tracing::info!(channel = %name, "shutdown: channel source stops");
                         cap = None;
                         return;
                     }
-                    Some(low) if low > *c.time() => c.downgrade(&low),
-                    Some(_) => {}
+                    if handled == MESSAGES_PER_ACTIVATION {
+                        activator.activate();
+                    } else {
+                        activator.activate_after(POLL_INTERVAL);
+                    }
                 }
-                if shutdown.load(Ordering::Relaxed) && handled == 0 {
-                    tracing::info!(channel = %name, "shutdown: channel source stops");
-                    cap = None;
-                    return;
-                }
-                if handled == MESSAGES_PER_ACTIVATION {
-                    activator.activate();
-                } else {
-                    activator.activate_after(POLL_INTERVAL);
-                }
-            }
-        });
+            },
+        );
         Ok(Outputs::main(stream))
     }
 
@@ -166,7 +176,10 @@ impl Sink for ChannelSink {
 
     fn build<'s>(&self, input: BatchStream<'s>, cx: &BuildContext<'s>) -> Result<(), EngineError> {
         let (sender, tx) = cx.channels.sender(&self.channel).ok_or_else(|| {
-            cx.error(format!("channel `{}` was not declared: no pipeline run together reads it", self.channel))
+            cx.error(format!(
+                "channel `{}` was not declared: no pipeline run together reads it",
+                self.channel
+            ))
         })?;
         let name = Arc::new(self.channel.clone());
         let mut watermark: Time = 0;
@@ -235,9 +248,17 @@ mod tests {
         BuildContext {
             scope,
             name: "chan".into(),
-            node: Arc::new(NodeSpec { id: "test".into(), role: Role::Standalone }),
+            node: Arc::new(NodeSpec {
+                id: "test".into(),
+                role: Role::Standalone,
+            }),
             policy: Arc::new(PolicyStore::new(Default::default(), Default::default())),
-            metrics: Arc::new(ComponentMetrics::new("chan", kind, "channel", kind == Kind::Sink)),
+            metrics: Arc::new(ComponentMetrics::new(
+                "chan",
+                kind,
+                "channel",
+                kind == Kind::Sink,
+            )),
             channels: hub.clone(),
             shutdown: Arc::new(AtomicBool::new(false)),
             input_schema: None,
@@ -247,7 +268,14 @@ mod tests {
 
     fn batch(ts: &[i64]) -> RecordBatch {
         let schema = schema_with_time([Field::new("x", DataType::Int64, false)]);
-        RecordBatch::try_new(schema, vec![time_array(ts.to_vec()), Arc::new(Int64Array::from(ts.to_vec()))]).unwrap()
+        RecordBatch::try_new(
+            schema,
+            vec![
+                time_array(ts.to_vec()),
+                Arc::new(Int64Array::from(ts.to_vec())),
+            ],
+        )
+        .unwrap()
     }
 
     #[test]
@@ -256,7 +284,9 @@ mod tests {
         hub.declare_senders("link", 1);
         let mut worker = timely::worker::Worker::new(
             timely::WorkerConfig::default(),
-            timely::communication::Allocator::Thread(timely::communication::allocator::thread::Thread::default()),
+            timely::communication::Allocator::Thread(
+                timely::communication::allocator::thread::Thread::default(),
+            ),
             Some(std::time::Instant::now()),
         );
         let received: Rc<RefCell<Vec<(Time, Vec<i64>)>>> = Default::default();
@@ -265,11 +295,17 @@ mod tests {
         // The writing pipeline.
         worker.dataflow::<Time, _, _>(|scope| {
             let stream = scope.input_from(&mut input);
-            ChannelSink { channel: "link".into() }.build(stream, &context(scope, &hub, Kind::Sink)).unwrap();
+            ChannelSink {
+                channel: "link".into(),
+            }
+            .build(stream, &context(scope, &hub, Kind::Sink))
+            .unwrap();
         });
         // The reading pipeline.
         worker.dataflow::<Time, _, _>(|scope| {
-            let source = ChannelSource { channel: "link".into() };
+            let source = ChannelSource {
+                channel: "link".into(),
+            };
             let out = source.build(&context(scope, &hub, Kind::Source)).unwrap();
             let r = received.clone();
             out.main
@@ -277,7 +313,12 @@ mod tests {
                     if let Ok((stamp, data)) = event {
                         let t = *stamp.least().unwrap();
                         for b in data.iter() {
-                            let xs = b.data.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
+                            let xs = b
+                                .data
+                                .column(1)
+                                .as_any()
+                                .downcast_ref::<Int64Array>()
+                                .unwrap();
                             r.borrow_mut().push((t, xs.values().to_vec()));
                         }
                     }
@@ -290,7 +331,10 @@ mod tests {
         input.advance_to(2000);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while probe.less_than(&2000) {
-            assert!(std::time::Instant::now() < deadline, "watermark never crossed the channel");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "watermark never crossed the channel"
+            );
             worker.step_or_park(Some(Duration::from_millis(1)));
         }
         // The reader's frontier follows the writer's watermark.
@@ -305,7 +349,10 @@ mod tests {
         input.send(Batch::new(batch(&[3000, 3100])));
         drop(input);
         while worker.has_dataflows() {
-            assert!(std::time::Instant::now() < deadline, "channel source never finished");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "channel source never finished"
+            );
             worker.step_or_park(Some(Duration::from_millis(1)));
         }
         let got = received.borrow().clone();
@@ -313,31 +360,61 @@ mod tests {
         assert_eq!(rows, vec![1000, 1500, 2500, 3000, 3100]);
         // Every batch is sent at a time no later than its rows.
         for (t, xs) in &got {
-            assert!(*t <= *xs.iter().min().unwrap() as u64, "batch at {t} holds {xs:?}");
+            assert!(
+                *t <= *xs.iter().min().unwrap() as u64,
+                "batch at {t} holds {xs:?}"
+            );
         }
         assert!(got[1].0 >= 1000 && got[1].0 <= 2500);
     }
 
     #[test]
     fn source_needs_a_writer_and_sink_reports_its_channel() {
-        let node = NodeSpec { id: "n".into(), role: Role::Standalone };
+        let node = NodeSpec {
+            id: "n".into(),
+            role: Role::Standalone,
+        };
         let policy = PolicySnapshot::default();
         let mut channels = BTreeMap::new();
-        let cx = CheckContext { node: &node, policy: &policy, base_dir: std::path::Path::new("."), channels: &channels };
-        let source = ChannelSource { channel: "up".into() };
+        let cx = CheckContext {
+            node: &node,
+            policy: &policy,
+            base_dir: std::path::Path::new("."),
+            channels: &channels,
+        };
+        let source = ChannelSource {
+            channel: "up".into(),
+        };
         let problem = source.schemas(&cx).err().unwrap();
         assert_eq!(problem.key.as_deref(), Some("channel"));
-        assert!(problem.message.contains("no pipeline run together writes channel `up`"));
+        assert!(
+            problem
+                .message
+                .contains("no pipeline run together writes channel `up`")
+        );
         assert!(problem.help.unwrap().contains("same command"));
         let schema = batch(&[1]).schema();
         channels.insert("up".to_string(), schema.clone());
-        let cx = CheckContext { node: &node, policy: &policy, base_dir: std::path::Path::new("."), channels: &channels };
+        let cx = CheckContext {
+            node: &node,
+            policy: &policy,
+            base_dir: std::path::Path::new("."),
+            channels: &channels,
+        };
         assert_eq!(source.schemas(&cx).unwrap().main, schema);
         assert_eq!(source.reads_channel().as_deref(), Some("up"));
-        let sink = ChannelSink { channel: "up".into() };
+        let sink = ChannelSink {
+            channel: "up".into(),
+        };
         assert!(sink.forwards());
         assert_eq!(sink.writes_channel().as_deref(), Some("up"));
         assert!(sink.check(&schema, &cx).is_ok());
-        assert!(ChannelSink { channel: " ".into() }.check(&schema, &cx).is_err());
+        assert!(
+            ChannelSink {
+                channel: " ".into()
+            }
+            .check(&schema, &cx)
+            .is_err()
+        );
     }
 }

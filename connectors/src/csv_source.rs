@@ -17,9 +17,9 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::replay::{
-    ColumnBuf, ColumnType, RecordReader, ReplayOptions, TimeFormat, check_options, default_batch_rows,
-    default_out_of_orderness, default_timestamp_column, default_timestamp_format, missing_timestamp_problem,
-    replay_source,
+    ColumnBuf, ColumnType, RecordReader, ReplayOptions, TimeFormat, check_options,
+    default_batch_rows, default_out_of_orderness, default_timestamp_column,
+    default_timestamp_format, missing_timestamp_problem, replay_source,
 };
 
 /// An example pipeline fragment.
@@ -124,14 +124,23 @@ impl CsvSource {
         };
         match d.as_bytes() {
             [b] if b.is_ascii() && *b != b'"' && *b != b'\n' && *b != b'\r' => Ok(*b),
-            _ => Err(Problem::at("delimiter", format!("the delimiter must be one ASCII character, not {:?}", self.delimiter))
-                .with_help("for example \",\", \";\" or \"\\t\"")),
+            _ => Err(Problem::at(
+                "delimiter",
+                format!(
+                    "the delimiter must be one ASCII character, not {:?}",
+                    self.delimiter
+                ),
+            )
+            .with_help("for example \",\", \";\" or \"\\t\"")),
         }
     }
 
     fn reader_builder(delimiter: u8) -> csv::ReaderBuilder {
         let mut b = csv::ReaderBuilder::new();
-        b.delimiter(delimiter).has_headers(false).flexible(true).buffer_capacity(1 << 16);
+        b.delimiter(delimiter)
+            .has_headers(false)
+            .flexible(true)
+            .buffer_capacity(1 << 16);
         b
     }
 
@@ -143,10 +152,14 @@ impl CsvSource {
         let file = File::open(path).map_err(|e| open_problem(path, e))?;
         let mut reader = Self::reader_builder(delimiter).from_reader(file);
         let mut record = ByteRecord::new();
-        let first = reader.read_byte_record(&mut record).map_err(|e| open_problem(path, e))?;
+        let first = reader
+            .read_byte_record(&mut record)
+            .map_err(|e| open_problem(path, e))?;
         if !first {
-            return Err(Problem::at("path", format!("`{}` is empty", path.display()))
-                .with_help("the CSV source needs a header line and rows"));
+            return Err(
+                Problem::at("path", format!("`{}` is empty", path.display()))
+                    .with_help("the CSV source needs a header line and rows"),
+            );
         }
         let names: Vec<String> = if self.has_header {
             record
@@ -163,29 +176,49 @@ impl CsvSource {
         let field_count = names.len();
         for (i, n) in names.iter().enumerate() {
             if names[..i].contains(n) {
-                return Err(Problem::at("path", format!("the header names the column `{n}` twice"))
-                    .with_help("give the columns distinct names"));
+                return Err(Problem::at(
+                    "path",
+                    format!("the header names the column `{n}` twice"),
+                )
+                .with_help("give the columns distinct names"));
             }
         }
         let Some(ts_index) = names.iter().position(|n| *n == self.timestamp_column) else {
-            return Err(missing_timestamp_problem(&self.timestamp_column, names.iter().map(String::as_str)));
+            return Err(missing_timestamp_problem(
+                &self.timestamp_column,
+                names.iter().map(String::as_str),
+            ));
         };
         let mut out: Vec<(usize, ColumnType)> = Vec::new();
         match &self.columns {
             Some(given) => {
                 for (name, t) in given {
                     if *name == self.timestamp_column {
-                        return Err(Problem::at("columns", format!("`{name}` is the timestamp column"))
-                            .with_help("the timestamp column always becomes `ts`; leave it out of `columns`"));
+                        return Err(Problem::at(
+                            "columns",
+                            format!("`{name}` is the timestamp column"),
+                        )
+                        .with_help(
+                            "the timestamp column always becomes `ts`; leave it out of `columns`",
+                        ));
                     }
                     match names.iter().position(|n| n == name) {
                         Some(i) => out.push((i, *t)),
                         None => {
-                            let hint = match crate::replay::suggest(name, names.iter().map(String::as_str)) {
-                                Some(s) => format!("did you mean `{s}`? (columns: {})", names.join(", ")),
+                            let hint = match crate::replay::suggest(
+                                name,
+                                names.iter().map(String::as_str),
+                            ) {
+                                Some(s) => {
+                                    format!("did you mean `{s}`? (columns: {})", names.join(", "))
+                                }
                                 None => format!("the columns are: {}", names.join(", ")),
                             };
-                            return Err(Problem::at("columns", format!("the file has no column `{name}`")).with_help(hint));
+                            return Err(Problem::at(
+                                "columns",
+                                format!("the file has no column `{name}`"),
+                            )
+                            .with_help(hint));
                         }
                     }
                 }
@@ -213,11 +246,18 @@ impl CsvSource {
                     }
                 }
                 if rows == 0 && self.has_header {
-                    return Err(Problem::at("path", format!("`{}` has a header but no rows", path.display()))
-                        .with_help("give `columns` to read a file that is still empty"));
+                    return Err(Problem::at(
+                        "path",
+                        format!("`{}` has a header but no rows", path.display()),
+                    )
+                    .with_help("give `columns` to read a file that is still empty"));
                 }
                 for i in (0..field_count).filter(|i| *i != ts_index) {
-                    let t = if numeric[i] && seen[i] { ColumnType::Float64 } else { ColumnType::Utf8 };
+                    let t = if numeric[i] && seen[i] {
+                        ColumnType::Float64
+                    } else {
+                        ColumnType::Utf8
+                    };
                     out.push((i, t));
                 }
             }
@@ -231,7 +271,10 @@ impl CsvSource {
                 "use `{TIME_COLUMN}` as timestamp_column, or list the columns to read in `columns` without it"
             )));
         }
-        let schema = schema_with_time(out.iter().map(|(i, t)| Field::new(names[*i].clone(), t.data_type(), true)));
+        let schema = schema_with_time(
+            out.iter()
+                .map(|(i, t)| Field::new(names[*i].clone(), t.data_type(), true)),
+        );
         Ok(CsvPlan {
             schema,
             types: out.iter().map(|(_, t)| *t).collect(),
@@ -278,9 +321,13 @@ impl Source for CsvSource {
             max_out_of_orderness_ms: self.max_out_of_orderness.as_millis(),
         };
         let has_header = self.has_header;
-        replay_source(cx, plan.schema.clone(), plan.types.clone(), options, move || {
-            CsvRecords::open(path, plan, has_header)
-        })
+        replay_source(
+            cx,
+            plan.schema.clone(),
+            plan.types.clone(),
+            options,
+            move || CsvRecords::open(path, plan, has_header),
+        )
     }
 }
 
@@ -297,15 +344,26 @@ struct CsvRecords {
 
 impl CsvRecords {
     fn open(path: PathBuf, plan: CsvPlan, has_header: bool) -> Result<Self, EngineError> {
-        let file = File::open(&path).map_err(|e| EngineError::io(format!("cannot open `{}`", path.display()), e))?;
+        let file = File::open(&path)
+            .map_err(|e| EngineError::io(format!("cannot open `{}`", path.display()), e))?;
         let mut reader = CsvSource::reader_builder(plan.delimiter).from_reader(file);
         let mut record = ByteRecord::new();
         if has_header {
-            reader
-                .read_byte_record(&mut record)
-                .map_err(|e| EngineError::component("csv", format!("cannot read the header of `{}`: {e}", path.display())))?;
+            reader.read_byte_record(&mut record).map_err(|e| {
+                EngineError::component(
+                    "csv",
+                    format!("cannot read the header of `{}`: {e}", path.display()),
+                )
+            })?;
         }
-        Ok(CsvRecords { reader, record, plan, path, span: (0, 0), raw_file: None })
+        Ok(CsvRecords {
+            reader,
+            record,
+            plan,
+            path,
+            span: (0, 0),
+            raw_file: None,
+        })
     }
 
     fn line(&self) -> u64 {
@@ -329,15 +387,27 @@ impl RecordReader for CsvRecords {
         let record = &self.record;
         let plan = &self.plan;
         if record.len() != plan.field_count {
-            return Err(format!("line {}: expected {} fields, found {}", self.line(), plan.field_count, record.len()));
+            return Err(format!(
+                "line {}: expected {} fields, found {}",
+                self.line(),
+                plan.field_count,
+                record.len()
+            ));
         }
         let raw_ts = &record[plan.ts_index];
         let ts = std::str::from_utf8(raw_ts)
             .map_err(|_| "invalid UTF-8".to_string())
             .and_then(|text| plan.time_format.parse_str(text))
-            .map_err(|e| format!("line {}, column `{}`: bad timestamp: {e}", self.line(), plan.ts_name))?;
+            .map_err(|e| {
+                format!(
+                    "line {}, column `{}`: bad timestamp: {e}",
+                    self.line(),
+                    plan.ts_name
+                )
+            })?;
         for ((col, &field), name) in columns.iter_mut().zip(&plan.fields).zip(&plan.names) {
-            col.push_text(&record[field]).map_err(|e| format!("line {}, column `{name}`: {e}", self.line()))?;
+            col.push_text(&record[field])
+                .map_err(|e| format!("line {}, column `{name}`: {e}", self.line()))?;
         }
         Ok(ts)
     }
@@ -352,7 +422,11 @@ impl RecordReader for CsvRecords {
         let read = self
             .raw_file
             .as_mut()
-            .map(|f| f.seek(SeekFrom::Start(start)).and_then(|_| f.read_exact(&mut buf)).is_ok())
+            .map(|f| {
+                f.seek(SeekFrom::Start(start))
+                    .and_then(|_| f.read_exact(&mut buf))
+                    .is_ok()
+            })
             .unwrap_or(false);
         if !read {
             // Fall back to the fields joined by the delimiter.
@@ -366,7 +440,6 @@ impl RecordReader for CsvRecords {
         String::from_utf8_lossy(&buf).into_owned()
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -406,7 +479,12 @@ mod tests {
         );
         let s = source("path = \"a.csv\"");
         let out = schemas(&s, dir.path()).unwrap();
-        let names: Vec<_> = out.main.fields().iter().map(|f| (f.name().clone(), f.data_type().clone())).collect();
+        let names: Vec<_> = out
+            .main
+            .fields()
+            .iter()
+            .map(|f| (f.name().clone(), f.data_type().clone()))
+            .collect();
         assert_eq!(
             names,
             vec![
@@ -420,8 +498,18 @@ mod tests {
         let got = harness(dir.path()).run_source(&s);
         let b = got.main_batch().unwrap();
         assert_eq!(b.schema(), out.main);
-        assert_eq!(times(&b), vec![ms("2024-01-01 00:00:00"), ms("2024-01-01 00:00:05"), ms("2024-01-01 00:00:10")]);
-        assert_eq!(b.column(1).as_primitive::<Float64Type>().values().to_vec(), vec![1.5, -2e-3, 3.0]);
+        assert_eq!(
+            times(&b),
+            vec![
+                ms("2024-01-01 00:00:00"),
+                ms("2024-01-01 00:00:05"),
+                ms("2024-01-01 00:00:10")
+            ]
+        );
+        assert_eq!(
+            b.column(1).as_primitive::<Float64Type>().values().to_vec(),
+            vec![1.5, -2e-3, 3.0]
+        );
         assert_eq!(b.column(2).as_string::<i32>().value(1), "b");
         let count = b.column(3).as_primitive::<Float64Type>();
         assert!(count.is_null(1));
@@ -432,14 +520,29 @@ mod tests {
     #[test]
     fn given_columns_select_and_type() {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), "a.csv", b"timestamp,name,n,ok\n2024-01-01 00:00:00,x,10,true\n2024-01-01 00:00:01,y,-3,false\n");
+        write(
+            dir.path(),
+            "a.csv",
+            b"timestamp,name,n,ok\n2024-01-01 00:00:00,x,10,true\n2024-01-01 00:00:01,y,-3,false\n",
+        );
         let s = source("path = \"a.csv\"\ncolumns = { ok = \"bool\", n = \"int64\" }");
         let out = schemas(&s, dir.path()).unwrap();
-        let names: Vec<_> = out.main.fields().iter().map(|f| f.name().as_str()).collect();
+        let names: Vec<_> = out
+            .main
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect();
         assert_eq!(names, vec!["ts", "n", "ok"]);
         let b = harness(dir.path()).run_source(&s).main_batch().unwrap();
-        assert_eq!(b.column(1).as_primitive::<Int64Type>().values().to_vec(), vec![10, -3]);
-        assert_eq!(b.column(2).as_boolean().iter().collect::<Vec<_>>(), vec![Some(true), Some(false)]);
+        assert_eq!(
+            b.column(1).as_primitive::<Int64Type>().values().to_vec(),
+            vec![10, -3]
+        );
+        assert_eq!(
+            b.column(2).as_boolean().iter().collect::<Vec<_>>(),
+            vec![Some(true), Some(false)]
+        );
     }
 
     #[test]
@@ -453,11 +556,31 @@ mod tests {
         );
         let s = source("path = \"skab.csv\"\ndelimiter = \";\"\ntimestamp_column = \"datetime\"");
         let out = schemas(&s, dir.path()).unwrap();
-        let names: Vec<_> = out.main.fields().iter().map(|f| f.name().as_str()).collect();
-        assert_eq!(names, vec!["ts", "Accelerometer1RMS", "Volume Flow RateRMS", "anomaly", "changepoint"]);
+        let names: Vec<_> = out
+            .main
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                "ts",
+                "Accelerometer1RMS",
+                "Volume Flow RateRMS",
+                "anomaly",
+                "changepoint"
+            ]
+        );
         let b = harness(dir.path()).run_source(&s).main_batch().unwrap();
         assert_eq!(b.num_rows(), 2);
-        assert_eq!(b.column_by_name("Volume Flow RateRMS").unwrap().as_primitive::<Float64Type>().value(1), 32.5);
+        assert_eq!(
+            b.column_by_name("Volume Flow RateRMS")
+                .unwrap()
+                .as_primitive::<Float64Type>()
+                .value(1),
+            32.5
+        );
         assert_eq!(times(&b)[1], ms("2020-03-09 10:14:34"));
     }
 
@@ -467,15 +590,33 @@ mod tests {
         let cases: [(&str, &str, &str); 4] = [
             ("unix_ms", "1700000000000", "1700000000500"),
             ("unix_s", "1700000000", "1700000000.5"),
-            ("rfc3339", "2023-11-14T22:13:20Z", "2023-11-15T00:13:20.5+02:00"),
-            ("%d/%m/%Y %H:%M:%S%.f", "14/11/2023 22:13:20", "14/11/2023 22:13:20.5"),
+            (
+                "rfc3339",
+                "2023-11-14T22:13:20Z",
+                "2023-11-15T00:13:20.5+02:00",
+            ),
+            (
+                "%d/%m/%Y %H:%M:%S%.f",
+                "14/11/2023 22:13:20",
+                "14/11/2023 22:13:20.5",
+            ),
         ];
         for (format, a, b) in cases {
-            write(dir.path(), "t.csv", format!("t,v\n{a},1\n{b},2\n").as_bytes());
-            let s = source(&format!("path = \"t.csv\"\ntimestamp_column = \"t\"\ntimestamp_format = \"{format}\""));
+            write(
+                dir.path(),
+                "t.csv",
+                format!("t,v\n{a},1\n{b},2\n").as_bytes(),
+            );
+            let s = source(&format!(
+                "path = \"t.csv\"\ntimestamp_column = \"t\"\ntimestamp_format = \"{format}\""
+            ));
             let got = harness(dir.path()).run_source(&s);
             assert_eq!(got.side_rows("dead_letter"), 0, "{format}");
-            assert_eq!(times(&got.main_batch().unwrap()), vec![1_700_000_000_000, 1_700_000_000_500], "{format}");
+            assert_eq!(
+                times(&got.main_batch().unwrap()),
+                vec![1_700_000_000_000, 1_700_000_000_500],
+                "{format}"
+            );
         }
     }
 
@@ -493,17 +634,44 @@ mod tests {
         assert_eq!(got.main_rows(), 2);
         assert_eq!(got.side_rows("dead_letter"), 4);
         assert_eq!(ComponentMetrics::get(&h.metrics.dead_letters), 4);
-        let dead: Vec<RecordBatch> = got.side["dead_letter"].iter().map(|(_, b)| b.clone()).collect();
+        let dead: Vec<RecordBatch> = got.side["dead_letter"]
+            .iter()
+            .map(|(_, b)| b.clone())
+            .collect();
         let dead = arrow::compute::concat_batches(&dead[0].schema(), &dead).unwrap();
         let reasons = dead.column_by_name("reason").unwrap().as_string::<i32>();
         let records = dead.column_by_name("record").unwrap().as_string::<i32>();
         assert_eq!(reasons.value(0), "line 3: expected 3 fields, found 2");
         assert_eq!(records.value(0), "2024-01-01 00:00:01,2");
-        assert!(reasons.value(1).contains("line 4, column `value`: `abc` is not a number"), "{}", reasons.value(1));
+        assert!(
+            reasons
+                .value(1)
+                .contains("line 4, column `value`: `abc` is not a number"),
+            "{}",
+            reasons.value(1)
+        );
         assert_eq!(records.value(1), "2024-01-01 00:00:02,abc,c");
-        assert!(reasons.value(2).contains("line 5, column `timestamp`: bad timestamp"), "{}", reasons.value(2));
-        assert!(reasons.value(3).contains("line 6, column `name`: invalid UTF-8"), "{}", reasons.value(3));
-        assert_eq!(dead.column_by_name("component").unwrap().as_string::<i32>().value(0), "under_test");
+        assert!(
+            reasons
+                .value(2)
+                .contains("line 5, column `timestamp`: bad timestamp"),
+            "{}",
+            reasons.value(2)
+        );
+        assert!(
+            reasons
+                .value(3)
+                .contains("line 6, column `name`: invalid UTF-8"),
+            "{}",
+            reasons.value(3)
+        );
+        assert_eq!(
+            dead.column_by_name("component")
+                .unwrap()
+                .as_string::<i32>()
+                .value(0),
+            "under_test"
+        );
         // Rows out + dead letters = rows in.
         assert_eq!(got.main_rows() + got.side_rows("dead_letter"), 6);
     }
@@ -523,25 +691,32 @@ mod tests {
             ));
             let ooo_ms = DurationSpec::parse(ooo).unwrap().as_millis() as i64;
             let got = harness(dir.path()).run_source(&s);
-            let mut all = Vec::new();
-            let mut watermark = 0i64;
-            let mut max_seen = i64::MIN;
-            let mut last_time = 0;
+            // (row index in the file, event time, batch time)
+            let mut all: Vec<(usize, i64, i64)> = Vec::new();
             for (time, batch) in &got.main {
-                let t = *time as i64;
-                assert!(t >= last_time, "batch times never go back");
-                last_time = t;
-                for ts in times(batch) {
-                    // Only rows behind the watermark may be sent after their event time.
-                    assert!(t <= ts || ts < watermark, "row {ts} sent at {t} (watermark {watermark})");
-                    all.push(ts);
+                let index = batch.column(1).as_primitive::<Float64Type>();
+                for (row, ts) in times(batch).into_iter().enumerate() {
+                    all.push((index.value(row) as usize, ts, *time as i64));
                 }
-                for ts in times(batch) {
-                    max_seen = max_seen.max(ts);
-                }
-                watermark = watermark.max(max_seen - ooo_ms);
             }
-            assert_eq!(all, rows.to_vec(), "every row, in file order");
+            all.sort();
+            assert_eq!(
+                all.iter().map(|r| r.1).collect::<Vec<_>>(),
+                rows.to_vec(),
+                "every row comes out"
+            );
+            for &(i, ts, t) in &all {
+                // Only rows behind the watermark may be sent after their event time.
+                let watermark = rows[..i].iter().max().map_or(0, |m| m - ooo_ms);
+                assert!(
+                    t <= ts || ts < watermark,
+                    "row {ts} sent at {t} (watermark {watermark})"
+                );
+                assert!(
+                    t <= ts.max(watermark),
+                    "row {ts} sent at {t}, after the watermark {watermark}"
+                );
+            }
         }
     }
 
@@ -561,28 +736,55 @@ mod tests {
         assert_eq!(got.main_rows(), 21);
         assert!(elapsed.as_millis() >= 180, "too fast: {elapsed:?}");
         assert!(elapsed.as_millis() < 3000, "too slow: {elapsed:?}");
-        assert!(got.main.len() > 5, "rows are sent as they fall due, not in one batch");
+        assert!(
+            got.main.len() > 5,
+            "rows are sent as they fall due, not in one batch"
+        );
     }
 
     #[test]
     fn check_time_problems_name_their_key() {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), "h.csv", b"Timestamp,value\n2024-01-01 00:00:00,1\n");
+        write(
+            dir.path(),
+            "h.csv",
+            b"Timestamp,value\n2024-01-01 00:00:00,1\n",
+        );
         write(dir.path(), "empty.csv", b"");
-        let key = |toml_text: &str| schemas(&source(toml_text), dir.path()).err().map(|p| (p.key.unwrap_or_default(), p.message, p.help));
+        let key = |toml_text: &str| {
+            schemas(&source(toml_text), dir.path())
+                .err()
+                .map(|p| (p.key.unwrap_or_default(), p.message, p.help))
+        };
         let (k, m, _) = key("path = \"missing.csv\"").unwrap();
         assert_eq!(k, "path");
         assert!(m.contains("missing.csv"));
         let (k, _, help) = key("path = \"h.csv\"").unwrap();
         assert_eq!(k, "timestamp_column");
         assert!(help.unwrap().contains("did you mean `Timestamp`"));
-        let (k, m, _) = key("path = \"h.csv\"\ntimestamp_column = \"Timestamp\"\ncolumns = { valu = \"float64\" }").unwrap();
+        let (k, m, _) = key(
+            "path = \"h.csv\"\ntimestamp_column = \"Timestamp\"\ncolumns = { valu = \"float64\" }",
+        )
+        .unwrap();
         assert_eq!(k, "columns");
         assert!(m.contains("valu"));
         assert_eq!(key("path = \"empty.csv\"").unwrap().0, "path");
-        assert_eq!(key("path = \"h.csv\"\ndelimiter = \";;\"").unwrap().0, "delimiter");
-        assert_eq!(key("path = \"h.csv\"\ntimestamp_format = \"%Q\"").unwrap().0, "timestamp_format");
-        assert_eq!(key("path = \"h.csv\"\ntimestamp_column = \"Timestamp\"\nspeed = 0.0").unwrap().0, "speed");
+        assert_eq!(
+            key("path = \"h.csv\"\ndelimiter = \";;\"").unwrap().0,
+            "delimiter"
+        );
+        assert_eq!(
+            key("path = \"h.csv\"\ntimestamp_format = \"%Q\"")
+                .unwrap()
+                .0,
+            "timestamp_format"
+        );
+        assert_eq!(
+            key("path = \"h.csv\"\ntimestamp_column = \"Timestamp\"\nspeed = 0.0")
+                .unwrap()
+                .0,
+            "speed"
+        );
         assert!(key("path = \"h.csv\"\ntimestamp_column = \"Timestamp\"").is_none());
     }
 
@@ -590,10 +792,73 @@ mod tests {
     fn without_header_columns_are_numbered() {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "n.csv", b"1000,1.5\n2000,2.5\n");
-        let s = source("path = \"n.csv\"\nhas_header = false\ntimestamp_column = \"column_1\"\ntimestamp_format = \"unix_ms\"");
+        let s = source(
+            "path = \"n.csv\"\nhas_header = false\ntimestamp_column = \"column_1\"\ntimestamp_format = \"unix_ms\"",
+        );
         let out = schemas(&s, dir.path()).unwrap();
         assert_eq!(out.main.field(1).name(), "column_2");
         let b = harness(dir.path()).run_source(&s).main_batch().unwrap();
         assert_eq!(times(&b), vec![1000, 2000]);
+    }
+
+    /// Replays every NAB and SKAB CSV under `$ISTHMUS_DATA` (e.g. `/work/shared/data`):
+    /// `ISTHMUS_DATA=/work/shared/data cargo test -p isthmus-connectors real_data -- --ignored`.
+    #[test]
+    #[ignore = "needs the real data sets in $ISTHMUS_DATA"]
+    fn real_data_every_row_comes_out() {
+        let Ok(root) = std::env::var("ISTHMUS_DATA") else {
+            return;
+        };
+        let mut files = Vec::new();
+        let mut stack = vec![PathBuf::from(root)];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.extension().is_some_and(|x| x == "csv") {
+                    files.push(p);
+                }
+            }
+        }
+        files.sort();
+        let (mut total_in, mut total_out, mut total_dead) = (0, 0, 0);
+        let started = Instant::now();
+        for f in &files {
+            let text = std::fs::read(f).unwrap();
+            let lines = text
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty() && *l != b"\r")
+                .count()
+                - 1;
+            let skab = text.starts_with(b"datetime;");
+            let cfg = if skab {
+                format!(
+                    "path = {:?}\ndelimiter = \";\"\ntimestamp_column = \"datetime\"",
+                    f.display().to_string()
+                )
+            } else {
+                format!("path = {:?}", f.display().to_string())
+            };
+            let s = source(&cfg);
+            let dir = f.parent().unwrap();
+            schemas(&s, dir).unwrap();
+            let got = harness(dir).run_source(&s);
+            assert_eq!(
+                got.main_rows() + got.side_rows("dead_letter"),
+                lines,
+                "{}",
+                f.display()
+            );
+            total_in += lines;
+            total_out += got.main_rows();
+            total_dead += got.side_rows("dead_letter");
+        }
+        eprintln!(
+            "{} files, {total_in} rows in, {total_out} out, {total_dead} dead letters, {:?}",
+            files.len(),
+            started.elapsed()
+        );
+        assert_eq!(total_dead, 0);
     }
 }

@@ -100,13 +100,21 @@ impl Sink for CsvSink {
 
 fn check_path(path: &Path) -> Result<(), Problem> {
     if path.is_dir() {
-        return Err(Problem::at("path", format!("`{}` is a directory", path.display()))
-            .with_help("give the path of a file inside it"));
+        return Err(
+            Problem::at("path", format!("`{}` is a directory", path.display()))
+                .with_help("give the path of a file inside it"),
+        );
     }
-    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     if !parent.is_dir() {
-        return Err(Problem::at("path", format!("the directory `{}` does not exist", parent.display()))
-            .with_help("create it first; paths are relative to the pipeline file"));
+        return Err(Problem::at(
+            "path",
+            format!("the directory `{}` does not exist", parent.display()),
+        )
+        .with_help("create it first; paths are relative to the pipeline file"));
     }
     Ok(())
 }
@@ -125,17 +133,26 @@ struct FileWriter {
 }
 
 impl FileWriter {
-    fn open(path: PathBuf, append: bool, format: Format, cx: &BuildContext<'_>) -> Result<Self, EngineError> {
+    fn open(
+        path: PathBuf,
+        append: bool,
+        format: Format,
+        cx: &BuildContext<'_>,
+    ) -> Result<Self, EngineError> {
         let file = OpenOptions::new()
             .create(true)
             .write(true)
             .append(append)
             .truncate(!append)
             .open(&path)
-            .map_err(|e| EngineError::io(format!("cannot open `{}` for writing", path.display()), e))?;
+            .map_err(|e| {
+                EngineError::io(format!("cannot open `{}` for writing", path.display()), e)
+            })?;
         let len = file
             .metadata()
-            .map_err(|e| EngineError::io(format!("cannot read the size of `{}`", path.display()), e))?
+            .map_err(|e| {
+                EngineError::io(format!("cannot read the size of `{}`", path.display()), e)
+            })?
             .len();
         Ok(FileWriter {
             file,
@@ -176,10 +193,12 @@ impl FileWriter {
         if batch.num_rows() == 0 {
             return;
         }
-        let result = self
-            .encode(batch)
-            .map_err(|e| e.to_string())
-            .and_then(|_| self.file.write_all(&self.buf).and_then(|_| self.file.flush()).map_err(|e| e.to_string()));
+        let result = self.encode(batch).map_err(|e| e.to_string()).and_then(|_| {
+            self.file
+                .write_all(&self.buf)
+                .and_then(|_| self.file.flush())
+                .map_err(|e| e.to_string())
+        });
         match result {
             Ok(()) => self.header = false,
             Err(e) => {
@@ -212,27 +231,35 @@ fn build_sink<'s>(
     append: bool,
     format: Format,
 ) -> Result<(), EngineError> {
-    let mut writer = if cx.worker_index() == 0 { Some(FileWriter::open(path, append, format, cx)?) } else { None };
+    let mut writer = if cx.worker_index() == 0 {
+        Some(FileWriter::open(path, append, format, cx)?)
+    } else {
+        None
+    };
     let name = match format {
         Format::Jsonl => "JsonlSink",
         Format::Csv => "CsvSink",
     };
-    input.sink(Exchange::new(|_: &Batch| 0u64), name, move |(input, frontier)| {
-        input.for_each_stamp(|_cap, data| {
-            for container in data {
-                for batch in container.drain(..) {
-                    if let Some(w) = writer.as_mut() {
-                        w.write(&batch.data);
+    input.sink(
+        Exchange::new(|_: &Batch| 0u64),
+        name,
+        move |(input, frontier)| {
+            input.for_each_stamp(|_cap, data| {
+                for container in data {
+                    for batch in container.drain(..) {
+                        if let Some(w) = writer.as_mut() {
+                            w.write(&batch.data);
+                        }
                     }
                 }
+            });
+            if frontier.is_empty()
+                && let Some(mut w) = writer.take()
+            {
+                w.finish();
             }
-        });
-        if frontier.is_empty()
-            && let Some(mut w) = writer.take()
-        {
-            w.finish();
-        }
-    });
+        },
+    );
     Ok(())
 }
 
@@ -266,7 +293,15 @@ mod tests {
             .unwrap()
         };
         let batches = vec![
-            (1000, batch(vec![1000, 1500], vec![Some("a"), Some("b, with comma")], vec![1.5, -2.25], vec![1, 2])),
+            (
+                1000,
+                batch(
+                    vec![1000, 1500],
+                    vec![Some("a"), Some("b, with comma")],
+                    vec![1.5, -2.25],
+                    vec![1, 2],
+                ),
+            ),
             (2000, batch(vec![2000], vec![Some("c")], vec![3.0], vec![3])),
         ];
         (schema, batches)
@@ -305,12 +340,23 @@ mod tests {
         let text = std::fs::read_to_string(dir.path().join("out.csv")).unwrap();
         assert_eq!(text.matches("ts,device").count(), 1);
         // Read back with the csv source.
-        let source: CsvSource = toml::from_str("path = \"out.csv\"\ntimestamp_column = \"ts\"").unwrap();
+        let source: CsvSource =
+            toml::from_str("path = \"out.csv\"\ntimestamp_column = \"ts\"").unwrap();
         let b = h.run_source(&source).main_batch().unwrap();
         assert_eq!(times(&b), vec![1000, 1500, 2000, 1000, 1500, 2000]);
-        assert_eq!(b.column_by_name("device").unwrap().as_string::<i32>().value(1), "b, with comma");
         assert_eq!(
-            b.column_by_name("value").unwrap().as_primitive::<Float64Type>().values().to_vec(),
+            b.column_by_name("device")
+                .unwrap()
+                .as_string::<i32>()
+                .value(1),
+            "b, with comma"
+        );
+        assert_eq!(
+            b.column_by_name("value")
+                .unwrap()
+                .as_primitive::<Float64Type>()
+                .values()
+                .to_vec(),
             vec![1.5, -2.25, 3.0, 1.5, -2.25, 3.0]
         );
         // Without append the file starts over.
@@ -339,8 +385,21 @@ mod tests {
         assert_eq!(got.side_rows("dead_letter"), 0);
         let b = got.main_batch().unwrap();
         assert_eq!(times(&b), vec![1000, 1500, 2000]);
-        assert_eq!(b.column_by_name("device").unwrap().as_string::<i32>().value(1), "b, with comma");
-        assert_eq!(b.column_by_name("value").unwrap().as_primitive::<Float64Type>().values().to_vec(), vec![1.5, -2.25, 3.0]);
+        assert_eq!(
+            b.column_by_name("device")
+                .unwrap()
+                .as_string::<i32>()
+                .value(1),
+            "b, with comma"
+        );
+        assert_eq!(
+            b.column_by_name("value")
+                .unwrap()
+                .as_primitive::<Float64Type>()
+                .values()
+                .to_vec(),
+            vec![1.5, -2.25, 3.0]
+        );
     }
 
     #[test]
@@ -349,6 +408,9 @@ mod tests {
         assert!(check_path(&dir.path().join("x.csv")).is_ok());
         let p = check_path(&dir.path().join("nope/x.csv")).unwrap_err();
         assert_eq!(p.key.as_deref(), Some("path"));
-        assert_eq!(check_path(dir.path()).unwrap_err().key.as_deref(), Some("path"));
+        assert_eq!(
+            check_path(dir.path()).unwrap_err().key.as_deref(),
+            Some("path")
+        );
     }
 }

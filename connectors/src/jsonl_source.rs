@@ -19,9 +19,9 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor
 use serde::{Deserialize, Deserializer};
 
 use crate::replay::{
-    ColumnBuf, ColumnType, RecordReader, ReplayOptions, TimeFormat, check_options, default_batch_rows,
-    default_out_of_orderness, default_timestamp_column, default_timestamp_format, missing_timestamp_problem,
-    replay_source,
+    ColumnBuf, ColumnType, RecordReader, ReplayOptions, TimeFormat, check_options,
+    default_batch_rows, default_out_of_orderness, default_timestamp_column,
+    default_timestamp_format, missing_timestamp_problem, replay_source,
 };
 
 /// An example pipeline fragment.
@@ -109,7 +109,12 @@ impl JsonlSource {
             match lines.read_until(b'\n', &mut buf) {
                 Ok(0) => break,
                 Ok(_) => {}
-                Err(e) => return Err(Problem::at("path", format!("cannot read `{}`: {e}", path.display()))),
+                Err(e) => {
+                    return Err(Problem::at(
+                        "path",
+                        format!("cannot read `{}`: {e}", path.display()),
+                    ));
+                }
             }
             if buf.iter().all(u8::is_ascii_whitespace) {
                 continue;
@@ -131,20 +136,31 @@ impl JsonlSource {
             }
         }
         if objects > 0 && !index.contains_key(&self.timestamp_column) {
-            return Err(missing_timestamp_problem(&self.timestamp_column, keys.iter().map(|(k, _)| k.as_str())));
+            return Err(missing_timestamp_problem(
+                &self.timestamp_column,
+                keys.iter().map(|(k, _)| k.as_str()),
+            ));
         }
         let columns: Vec<(String, ColumnType)> = match &self.columns {
             Some(given) => {
                 if given.contains_key(&self.timestamp_column) {
-                    return Err(Problem::at("columns", format!("`{}` is the timestamp column", self.timestamp_column))
-                        .with_help("the timestamp column always becomes `ts`; leave it out of `columns`"));
+                    return Err(Problem::at(
+                        "columns",
+                        format!("`{}` is the timestamp column", self.timestamp_column),
+                    )
+                    .with_help(
+                        "the timestamp column always becomes `ts`; leave it out of `columns`",
+                    ));
                 }
                 given.iter().map(|(k, t)| (k.clone(), *t)).collect()
             }
             None => {
                 if objects == 0 {
-                    return Err(Problem::at("path", format!("`{}` has no JSON object in its first lines", path.display()))
-                        .with_help("give `columns` to read a file that is still empty"));
+                    return Err(Problem::at(
+                        "path",
+                        format!("`{}` has no JSON object in its first lines", path.display()),
+                    )
+                    .with_help("give `columns` to read a file that is still empty"));
                 }
                 keys.iter()
                     .filter(|(k, kind)| *k != self.timestamp_column && kind & NESTED == 0)
@@ -166,7 +182,11 @@ impl JsonlSource {
             )
             .with_help(format!("use `{TIME_COLUMN}` as timestamp_column, or list the keys to read in `columns` without it")));
         }
-        let schema = schema_with_time(columns.iter().map(|(k, t)| Field::new(k.clone(), t.data_type(), true)));
+        let schema = schema_with_time(
+            columns
+                .iter()
+                .map(|(k, t)| Field::new(k.clone(), t.data_type(), true)),
+        );
         Ok(JsonlPlan {
             schema,
             names: columns.iter().map(|(k, _)| k.clone()).collect(),
@@ -191,9 +211,13 @@ impl Source for JsonlSource {
             max_out_of_orderness_ms: self.max_out_of_orderness.as_millis(),
         };
         let ts_key = self.timestamp_column.clone();
-        replay_source(cx, plan.schema.clone(), plan.types.clone(), options, move || {
-            JsonlRecords::open(path, plan, ts_key)
-        })
+        replay_source(
+            cx,
+            plan.schema.clone(),
+            plan.types.clone(),
+            options,
+            move || JsonlRecords::open(path, plan, ts_key),
+        )
     }
 }
 
@@ -212,8 +236,14 @@ struct JsonlRecords {
 
 impl JsonlRecords {
     fn open(path: PathBuf, plan: JsonlPlan, ts_key: String) -> Result<Self, EngineError> {
-        let file = File::open(&path).map_err(|e| EngineError::io(format!("cannot open `{}`", path.display()), e))?;
-        let keys = plan.names.iter().enumerate().map(|(i, k)| (k.clone(), i)).collect();
+        let file = File::open(&path)
+            .map_err(|e| EngineError::io(format!("cannot open `{}`", path.display()), e))?;
+        let keys = plan
+            .names
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.clone(), i))
+            .collect();
         Ok(JsonlRecords {
             reader: BufReader::with_capacity(1 << 16, file),
             path,
@@ -315,19 +345,30 @@ impl<'de> Visitor<'de> for RowSeed<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while let Some(key) = map.next_key_seed(KeySeed { keys: self.keys, ts_key: self.ts_key })? {
+        while let Some(key) = map.next_key_seed(KeySeed {
+            keys: self.keys,
+            ts_key: self.ts_key,
+        })? {
             match key {
                 Key::Time => {
-                    let t = map.next_value_seed(TimeSeed { format: self.time_format, key: self.ts_key })?;
+                    let t = map.next_value_seed(TimeSeed {
+                        format: self.time_format,
+                        key: self.ts_key,
+                    })?;
                     *self.ts = Some(t);
                 }
                 Key::Column(i) => {
                     let name = &self.names[i];
                     if self.seen[i] {
-                        return Err(de::Error::custom(format_args!("key `{name}` appears twice")));
+                        return Err(de::Error::custom(format_args!(
+                            "key `{name}` appears twice"
+                        )));
                     }
                     self.seen[i] = true;
-                    map.next_value_seed(ValueSeed { column: &mut self.columns[i], name })?;
+                    map.next_value_seed(ValueSeed {
+                        column: &mut self.columns[i],
+                        name,
+                    })?;
                 }
                 Key::Other => {
                     map.next_value::<IgnoredAny>()?;
@@ -601,17 +642,38 @@ mod tests {
 {\"dev\": \"c\", \"time\": 3000, \"temp\": null, \"ok\": false}\n",
         )
         .unwrap();
-        let s = source("path = \"e.jsonl\"\ntimestamp_column = \"time\"\ntimestamp_format = \"unix_ms\"");
+        let s = source(
+            "path = \"e.jsonl\"\ntimestamp_column = \"time\"\ntimestamp_format = \"unix_ms\"",
+        );
         let out = schemas(&s, dir.path()).unwrap();
-        let names: Vec<_> = out.main.fields().iter().map(|f| (f.name().as_str(), f.data_type().clone())).collect();
-        assert_eq!(names[1..], [("temp", DataType::Float64), ("ok", DataType::Boolean), ("dev", DataType::Utf8), ("extra", DataType::Utf8)]);
+        let names: Vec<_> = out
+            .main
+            .fields()
+            .iter()
+            .map(|f| (f.name().as_str(), f.data_type().clone()))
+            .collect();
+        assert_eq!(
+            names[1..],
+            [
+                ("temp", DataType::Float64),
+                ("ok", DataType::Boolean),
+                ("dev", DataType::Utf8),
+                ("extra", DataType::Utf8)
+            ]
+        );
         let got = harness(dir.path()).run_source(&s);
         let b = got.main_batch().unwrap();
         assert_eq!(got.side_rows("dead_letter"), 0);
         assert_eq!(times(&b), vec![1000, 2000, 3000]);
         let temp = b.column(1).as_primitive::<Float64Type>();
-        assert_eq!((temp.value(0), temp.value(1), temp.is_null(2)), (20.5, 21.0, true));
-        assert_eq!(b.column(2).as_boolean().iter().collect::<Vec<_>>(), vec![Some(true), None, Some(false)]);
+        assert_eq!(
+            (temp.value(0), temp.value(1), temp.is_null(2)),
+            (20.5, 21.0, true)
+        );
+        assert_eq!(
+            b.column(2).as_boolean().iter().collect::<Vec<_>>(),
+            vec![Some(true), None, Some(false)]
+        );
         assert_eq!(b.column(3).as_string::<i32>().value(2), "c");
     }
 
@@ -623,11 +685,23 @@ mod tests {
             "{\"timestamp\": \"2024-01-01 00:00:01\", \"n\": 5, \"s\": \"x\"}\n{\"timestamp\": \"2024-01-01 00:00:02\", \"n\": -7}\n",
         )
         .unwrap();
-        let s = source("path = \"e.jsonl\"\ncolumns = { n = \"int64\", s = \"utf8\", missing = \"float64\" }");
+        let s = source(
+            "path = \"e.jsonl\"\ncolumns = { n = \"int64\", s = \"utf8\", missing = \"float64\" }",
+        );
         let b = harness(dir.path()).run_source(&s).main_batch().unwrap();
-        assert_eq!(b.schema().fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>(), vec!["ts", "missing", "n", "s"]);
+        assert_eq!(
+            b.schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().as_str())
+                .collect::<Vec<_>>(),
+            vec!["ts", "missing", "n", "s"]
+        );
         assert_eq!(times(&b), vec![1_704_067_201_000, 1_704_067_202_000]);
-        assert_eq!(b.column(2).as_primitive::<Int64Type>().values().to_vec(), vec![5, -7]);
+        assert_eq!(
+            b.column(2).as_primitive::<Int64Type>().values().to_vec(),
+            vec![5, -7]
+        );
         assert_eq!(b.column(1).null_count(), 2);
         assert!(b.column(3).is_null(1));
     }
@@ -635,12 +709,28 @@ mod tests {
     #[test]
     fn rfc3339_and_unix_seconds() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("r.jsonl"), "{\"t\": \"2023-11-14T22:13:20.5Z\", \"v\": 1}\n").unwrap();
-        std::fs::write(dir.path().join("s.jsonl"), "{\"t\": 1700000000.5, \"v\": 1}\n{\"t\": \"1700000001\", \"v\": 2}\n").unwrap();
-        let r = source("path = \"r.jsonl\"\ntimestamp_column = \"t\"\ntimestamp_format = \"rfc3339\"");
-        assert_eq!(times(&harness(dir.path()).run_source(&r).main_batch().unwrap()), vec![1_700_000_000_500]);
-        let s = source("path = \"s.jsonl\"\ntimestamp_column = \"t\"\ntimestamp_format = \"unix_s\"");
-        assert_eq!(times(&harness(dir.path()).run_source(&s).main_batch().unwrap()), vec![1_700_000_000_500, 1_700_000_001_000]);
+        std::fs::write(
+            dir.path().join("r.jsonl"),
+            "{\"t\": \"2023-11-14T22:13:20.5Z\", \"v\": 1}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("s.jsonl"),
+            "{\"t\": 1700000000.5, \"v\": 1}\n{\"t\": \"1700000001\", \"v\": 2}\n",
+        )
+        .unwrap();
+        let r =
+            source("path = \"r.jsonl\"\ntimestamp_column = \"t\"\ntimestamp_format = \"rfc3339\"");
+        assert_eq!(
+            times(&harness(dir.path()).run_source(&r).main_batch().unwrap()),
+            vec![1_700_000_000_500]
+        );
+        let s =
+            source("path = \"s.jsonl\"\ntimestamp_column = \"t\"\ntimestamp_format = \"unix_s\"");
+        assert_eq!(
+            times(&harness(dir.path()).run_source(&s).main_batch().unwrap()),
+            vec![1_700_000_000_500, 1_700_000_001_000]
+        );
     }
 
     #[test]
@@ -658,27 +748,57 @@ not json\n\
 {\"t\": 4000, \"v\": 5.0}\n",
         )
         .unwrap();
-        let s = source("path = \"bad.jsonl\"\ntimestamp_column = \"t\"\ntimestamp_format = \"unix_ms\"\ncolumns = { v = \"float64\" }");
+        let s = source(
+            "path = \"bad.jsonl\"\ntimestamp_column = \"t\"\ntimestamp_format = \"unix_ms\"\ncolumns = { v = \"float64\" }",
+        );
         let h = harness(dir.path());
         let got = h.run_source(&s);
         assert_eq!(got.main_rows(), 2);
         assert_eq!(got.side_rows("dead_letter"), 6);
         assert_eq!(ComponentMetrics::get(&h.metrics.dead_letters), 6);
         assert_eq!(got.main_rows() + got.side_rows("dead_letter"), 8);
-        let dead: Vec<RecordBatch> = got.side["dead_letter"].iter().map(|(_, b)| b.clone()).collect();
+        let dead: Vec<RecordBatch> = got.side["dead_letter"]
+            .iter()
+            .map(|(_, b)| b.clone())
+            .collect();
         let dead = arrow::compute::concat_batches(&dead[0].schema(), &dead).unwrap();
-        let reasons: Vec<&str> = dead.column_by_name("reason").unwrap().as_string::<i32>().iter().map(Option::unwrap).collect();
+        let reasons: Vec<&str> = dead
+            .column_by_name("reason")
+            .unwrap()
+            .as_string::<i32>()
+            .iter()
+            .map(Option::unwrap)
+            .collect();
         let records = dead.column_by_name("record").unwrap().as_string::<i32>();
         assert!(reasons[0].starts_with("line 2: "), "{}", reasons[0]);
         assert_eq!(records.value(0), "not json");
-        assert!(reasons[1].contains("expected a JSON object"), "{}", reasons[1]);
-        assert!(reasons[2].contains("line 4: column `v`: expected a number"), "{}", reasons[2]);
-        assert!(reasons[3].contains("line 5: column `t`: bad timestamp"), "{}", reasons[3]);
-        assert!(reasons[4].contains("line 6: no timestamp `t`"), "{}", reasons[4]);
+        assert!(
+            reasons[1].contains("expected a JSON object"),
+            "{}",
+            reasons[1]
+        );
+        assert!(
+            reasons[2].contains("line 4: column `v`: expected a number"),
+            "{}",
+            reasons[2]
+        );
+        assert!(
+            reasons[3].contains("line 5: column `t`: bad timestamp"),
+            "{}",
+            reasons[3]
+        );
+        assert!(
+            reasons[4].contains("line 6: no timestamp `t`"),
+            "{}",
+            reasons[4]
+        );
         assert!(reasons[5].starts_with("line 7: trailing"), "{}", reasons[5]);
         assert_eq!(records.value(5), "{\"t\": 3000, \"v\": 4.0} trailing");
         let b = got.main_batch().unwrap();
-        assert_eq!(b.column(1).as_primitive::<Float64Type>().values().to_vec(), vec![1.0, 5.0]);
+        assert_eq!(
+            b.column(1).as_primitive::<Float64Type>().values().to_vec(),
+            vec![1.0, 5.0]
+        );
     }
 
     #[test]
@@ -687,11 +807,17 @@ not json\n\
         std::fs::write(dir.path().join("e.jsonl"), "{\"Time\": 1, \"v\": 1}\n").unwrap();
         std::fs::write(dir.path().join("empty.jsonl"), "").unwrap();
         let problem = |t: &str| schemas(&source(t), dir.path()).err().unwrap();
-        assert_eq!(problem("path = \"nope.jsonl\"").key.as_deref(), Some("path"));
+        assert_eq!(
+            problem("path = \"nope.jsonl\"").key.as_deref(),
+            Some("path")
+        );
         let p = problem("path = \"e.jsonl\"\ntimestamp_column = \"time\"");
         assert_eq!(p.key.as_deref(), Some("timestamp_column"));
         assert!(p.help.unwrap().contains("`Time`"));
-        assert_eq!(problem("path = \"empty.jsonl\"").key.as_deref(), Some("path"));
+        assert_eq!(
+            problem("path = \"empty.jsonl\"").key.as_deref(),
+            Some("path")
+        );
         // With the columns given, an empty file is fine.
         let s = source("path = \"empty.jsonl\"\ncolumns = { v = \"float64\" }");
         assert!(schemas(&s, dir.path()).is_ok());

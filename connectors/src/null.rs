@@ -51,11 +51,23 @@ mod tests {
     #[test]
     fn discards_rows() {
         let schema = schema_with_time([Field::new("x", DataType::Int64, false)]);
-        let batch =
-            RecordBatch::try_new(schema.clone(), vec![time_array(vec![1, 2]), Arc::new(Int64Array::from(vec![1, 2]))]).unwrap();
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                time_array(vec![1, 2]),
+                Arc::new(Int64Array::from(vec![1, 2])),
+            ],
+        )
+        .unwrap();
         let harness = Harness::default();
         harness.run_sink(&NullSink {}, schema, vec![(1, batch.clone()), (2, batch)]);
-        assert_eq!(harness.metrics.dead_letters.load(std::sync::atomic::Ordering::Relaxed), 0);
+        assert_eq!(
+            harness
+                .metrics
+                .dead_letters
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
     }
 
     #[test]

@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use isthmus_engine::batch::{Batch, BatchStream, Time};
-use isthmus_engine::policy::{PolicyChange, PolicySnapshot, PolicyValue, batch_to_changes, policy_change_schema};
+use isthmus_engine::policy::{
+    PolicyChange, PolicySnapshot, PolicyValue, batch_to_changes, policy_change_schema,
+};
 use isthmus_engine::telemetry::ComponentMetrics;
 use isthmus_engine::{BuildContext, CheckContext, EngineError, Problem, Sink, TIME_COLUMN};
 use schemars::JsonSchema;
@@ -65,9 +67,16 @@ impl Default for ReconfigureSink {
 }
 
 fn describe(change: &PolicyChange) -> String {
-    let scope = change.scope.as_ref().map(|s| format!(" for {} = {}", s.key, s.value)).unwrap_or_default();
+    let scope = change
+        .scope
+        .as_ref()
+        .map(|s| format!(" for {} = {}", s.key, s.value))
+        .unwrap_or_default();
     let verb = if change.diff > 0 { "set" } else { "retract" };
-    format!("{verb} {}{scope} = {} (version {})", change.name, change.value, change.version)
+    format!(
+        "{verb} {}{scope} = {} (version {})",
+        change.name, change.value, change.version
+    )
 }
 
 /// Gives each value the type of the tunable it changes: the text form of a policy stream
@@ -76,7 +85,9 @@ fn coerce(changes: &mut [PolicyChange], snapshot: &PolicySnapshot) {
     for change in changes {
         let value = match (snapshot.get(&change.name), &change.value) {
             (Some(PolicyValue::Float(_)), PolicyValue::Int(i)) => PolicyValue::Float(*i as f64),
-            (Some(PolicyValue::Str(_)), v) if !matches!(v, PolicyValue::Str(_)) => PolicyValue::Str(v.to_string()),
+            (Some(PolicyValue::Str(_)), v) if !matches!(v, PolicyValue::Str(_)) => {
+                PolicyValue::Str(v.to_string())
+            }
             _ => continue,
         };
         change.value = value;
@@ -89,7 +100,10 @@ impl Sink for ReconfigureSink {
         for field in expected.fields().iter().filter(|f| f.name() != TIME_COLUMN) {
             let found = input.field_with_name(field.name()).ok();
             let problem = match found {
-                None => format!("the input has no `{}` column: it is not a policy stream", field.name()),
+                None => format!(
+                    "the input has no `{}` column: it is not a policy stream",
+                    field.name()
+                ),
                 Some(f) if f.data_type() != field.data_type() => format!(
                     "column `{}` of the input is {}, a policy stream has {}",
                     field.name(),
@@ -168,7 +182,10 @@ mod tests {
     fn change(name: &str, line: Option<&str>, value: f64, diff: i64) -> PolicyChange {
         PolicyChange {
             name: name.into(),
-            scope: line.map(|l| PolicyScope { key: "line".into(), value: l.into() }),
+            scope: line.map(|l| PolicyScope {
+                key: "line".into(),
+                value: l.into(),
+            }),
             value: PolicyValue::Float(value),
             diff,
             version: 3,
@@ -182,18 +199,43 @@ mod tests {
             ("sample_every".to_string(), PolicyValue::Int(10)),
         ]);
         let harness = Harness {
-            policy: Arc::new(PolicyStore::new(defaults, BTreeSet::from(["threshold".to_string()]))),
+            policy: Arc::new(PolicyStore::new(
+                defaults,
+                BTreeSet::from(["threshold".to_string()]),
+            )),
             ..Harness::default()
         };
-        let first = changes_to_batch(&[change("threshold", Some("p1-l2"), 2.5, 1), change("sample_every", None, 1.0, 1)], 1000);
-        let second = changes_to_batch(&[change("threshold", None, 5.0, 1), change("unknown", None, 1.0, 1)], 2000);
-        harness.run_sink(&ReconfigureSink::default(), policy_change_schema(), vec![(1000, first), (2000, second)]);
+        let first = changes_to_batch(
+            &[
+                change("threshold", Some("p1-l2"), 2.5, 1),
+                change("sample_every", None, 1.0, 1),
+            ],
+            1000,
+        );
+        let second = changes_to_batch(
+            &[
+                change("threshold", None, 5.0, 1),
+                change("unknown", None, 1.0, 1),
+            ],
+            2000,
+        );
+        harness.run_sink(
+            &ReconfigureSink::default(),
+            policy_change_schema(),
+            vec![(1000, first), (2000, second)],
+        );
 
         let snap = harness.policy.snapshot();
         let threshold = &snap.tunables["threshold"];
         assert_eq!(threshold.value, PolicyValue::Float(5.0));
-        let scope = PolicyScope { key: "line".into(), value: "p1-l2".into() };
-        assert_eq!(threshold.overrides.get(&scope), Some(&PolicyValue::Float(2.5)));
+        let scope = PolicyScope {
+            key: "line".into(),
+            value: "p1-l2".into(),
+        };
+        assert_eq!(
+            threshold.overrides.get(&scope),
+            Some(&PolicyValue::Float(2.5))
+        );
         assert_eq!(snap.tunables["sample_every"].value, PolicyValue::Int(10));
         assert_eq!(snap.version, 2);
         assert_eq!(harness.policy.applied_count(), 2);
@@ -209,29 +251,52 @@ mod tests {
     fn retraction_removes_an_override() {
         let defaults = BTreeMap::from([("threshold".to_string(), PolicyValue::Float(4.0))]);
         let harness = Harness {
-            policy: Arc::new(PolicyStore::new(defaults, BTreeSet::from(["threshold".to_string()]))),
+            policy: Arc::new(PolicyStore::new(
+                defaults,
+                BTreeSet::from(["threshold".to_string()]),
+            )),
             ..Harness::default()
         };
         let set = changes_to_batch(&[change("threshold", Some("p1-l1"), 2.0, 1)], 1000);
         let retract = changes_to_batch(&[change("threshold", Some("p1-l1"), 2.0, -1)], 5000);
-        harness.run_sink(&ReconfigureSink { log_changes: false }, policy_change_schema(), vec![(1000, set), (5000, retract)]);
-        assert!(harness.policy.snapshot().tunables["threshold"].overrides.is_empty());
+        harness.run_sink(
+            &ReconfigureSink { log_changes: false },
+            policy_change_schema(),
+            vec![(1000, set), (5000, retract)],
+        );
+        assert!(
+            harness.policy.snapshot().tunables["threshold"]
+                .overrides
+                .is_empty()
+        );
         assert_eq!(harness.metrics.dead_letters.load(Ordering::Relaxed), 0);
     }
 
     #[test]
     fn check_requires_a_policy_stream() {
-        let node = NodeSpec { id: "n".into(), role: Role::Standalone };
+        let node = NodeSpec {
+            id: "n".into(),
+            role: Role::Standalone,
+        };
         let policy = PolicySnapshot::default();
         let channels = BTreeMap::new();
-        let cx = CheckContext { node: &node, policy: &policy, base_dir: std::path::Path::new("."), channels: &channels };
+        let cx = CheckContext {
+            node: &node,
+            policy: &policy,
+            base_dir: std::path::Path::new("."),
+            channels: &channels,
+        };
         let sink = ReconfigureSink::default();
         assert!(sink.check(&policy_change_schema(), &cx).is_ok());
         let sim = crate::simulator::simulator_schema();
         let p = sink.check(&sim, &cx).unwrap_err();
         assert!(p.message.contains("no `policy` column"), "{}", p.message);
         assert!(p.help.unwrap().contains("`policy` transform"));
-        let mut fields: Vec<Field> = policy_change_schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+        let mut fields: Vec<Field> = policy_change_schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
         fields[5] = Field::new("diff", DataType::Utf8, false);
         let p = sink.check(&Arc::new(Schema::new(fields)), &cx).unwrap_err();
         assert!(p.message.contains("`diff`"), "{}", p.message);

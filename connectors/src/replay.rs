@@ -123,8 +123,14 @@ impl TimeFormat {
                 }
                 let default = pattern == DEFAULT_TIME_FORMAT;
                 Ok(TimeFormat::Pattern {
-                    pattern: if default { "%Y-%m-%d %H:%M:%S%.f".to_string() } else { pattern.to_string() },
-                    has_offset: pattern.contains("%z") || pattern.contains("%:z") || pattern.contains("%#z"),
+                    pattern: if default {
+                        "%Y-%m-%d %H:%M:%S%.f".to_string()
+                    } else {
+                        pattern.to_string()
+                    },
+                    has_offset: pattern.contains("%z")
+                        || pattern.contains("%:z")
+                        || pattern.contains("%#z"),
                     default,
                 })
             }
@@ -162,7 +168,11 @@ impl TimeFormat {
             TimeFormat::Rfc3339 => chrono::DateTime::parse_from_rfc3339(text)
                 .map(|t| t.timestamp_millis())
                 .map_err(|e| format!("`{text}` is not an RFC 3339 time: {e}")),
-            TimeFormat::Pattern { pattern, has_offset, default } => {
+            TimeFormat::Pattern {
+                pattern,
+                has_offset,
+                default,
+            } => {
                 if *default && let Some(ms) = parse_default_fast(text.as_bytes()) {
                     return Ok(ms);
                 }
@@ -173,11 +183,19 @@ impl TimeFormat {
                         .map(|t| t.and_utc().timestamp_millis())
                         .or_else(|e| {
                             chrono::NaiveDate::parse_from_str(text, pattern)
-                                .map(|d| d.and_time(chrono::NaiveTime::MIN).and_utc().timestamp_millis())
+                                .map(|d| {
+                                    d.and_time(chrono::NaiveTime::MIN)
+                                        .and_utc()
+                                        .timestamp_millis()
+                                })
                                 .map_err(|_| e)
                         })
                 };
-                let shown = if *default { DEFAULT_TIME_FORMAT } else { pattern.as_str() };
+                let shown = if *default {
+                    DEFAULT_TIME_FORMAT
+                } else {
+                    pattern.as_str()
+                };
                 parsed.map_err(|e| format!("`{text}` does not match the format `{shown}`: {e}"))
             }
         }
@@ -201,7 +219,13 @@ impl TimeFormat {
 
 /// Parses `YYYY-MM-DD HH:MM:SS` with an optional `.fraction`, as UTC milliseconds.
 fn parse_default_fast(b: &[u8]) -> Option<i64> {
-    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || b[10] != b' ' || b[13] != b':' || b[16] != b':' {
+    if b.len() < 19
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b' '
+        || b[13] != b':'
+        || b[16] != b':'
+    {
         return None;
     }
     let num = |range: std::ops::Range<usize>| -> Option<i64> {
@@ -231,7 +255,20 @@ fn parse_default_fast(b: &[u8]) -> Option<i64> {
         }
     }
     let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
-    let month_days = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    let month_days = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
     if !(1..=12).contains(&month) || day < 1 || day > month_days[(month - 1) as usize] {
         return None;
     }
@@ -304,7 +341,11 @@ impl ColumnBuf {
             ColumnType::Float64 => ColumnBuf::Float64(Vec::new(), Validity::default()),
             ColumnType::Int64 => ColumnBuf::Int64(Vec::new(), Validity::default()),
             ColumnType::Bool => ColumnBuf::Bool(Vec::new(), Validity::default()),
-            ColumnType::Utf8 => ColumnBuf::Utf8 { offsets: vec![0], data: Vec::new(), validity: Validity::default() },
+            ColumnType::Utf8 => ColumnBuf::Utf8 {
+                offsets: vec![0],
+                data: Vec::new(),
+                validity: Validity::default(),
+            },
         }
     }
 
@@ -338,7 +379,11 @@ impl ColumnBuf {
                 v.truncate(len);
                 n.truncate(len);
             }
-            ColumnBuf::Utf8 { offsets, data, validity } => {
+            ColumnBuf::Utf8 {
+                offsets,
+                data,
+                validity,
+            } => {
                 if len + 1 < offsets.len() {
                     data.truncate(offsets[len] as usize);
                     offsets.truncate(len + 1);
@@ -363,7 +408,11 @@ impl ColumnBuf {
                 v.push(false);
                 n.push(false);
             }
-            ColumnBuf::Utf8 { offsets, data, validity } => {
+            ColumnBuf::Utf8 {
+                offsets,
+                data,
+                validity,
+            } => {
                 offsets.push(data.len() as i32);
                 validity.push(false);
             }
@@ -373,7 +422,12 @@ impl ColumnBuf {
     /// Appends a value written as text (a CSV field): numbers and booleans are parsed, an
     /// empty field is a null for them. The error says what is wrong with the text.
     pub fn push_text(&mut self, bytes: &[u8]) -> Result<(), String> {
-        if let ColumnBuf::Utf8 { offsets, data, validity } = self {
+        if let ColumnBuf::Utf8 {
+            offsets,
+            data,
+            validity,
+        } = self
+        {
             if std::str::from_utf8(bytes).is_err() {
                 return Err("invalid UTF-8".into());
             }
@@ -382,24 +436,31 @@ impl ColumnBuf {
             validity.push(true);
             return Ok(());
         }
-        let text = std::str::from_utf8(bytes).map_err(|_| "invalid UTF-8".to_string())?.trim();
+        let text = std::str::from_utf8(bytes)
+            .map_err(|_| "invalid UTF-8".to_string())?
+            .trim();
         if text.is_empty() {
             self.push_null();
             return Ok(());
         }
         match self {
             ColumnBuf::Float64(v, n) => {
-                let x = text.parse::<f64>().map_err(|_| format!("`{text}` is not a number"))?;
+                let x = text
+                    .parse::<f64>()
+                    .map_err(|_| format!("`{text}` is not a number"))?;
                 v.push(x);
                 n.push(true);
             }
             ColumnBuf::Int64(v, n) => {
-                let x = text.parse::<i64>().map_err(|_| format!("`{text}` is not an integer"))?;
+                let x = text
+                    .parse::<i64>()
+                    .map_err(|_| format!("`{text}` is not an integer"))?;
                 v.push(x);
                 n.push(true);
             }
             ColumnBuf::Bool(v, n) => {
-                let x = parse_bool(text).ok_or_else(|| format!("`{text}` is not a boolean (true/false)"))?;
+                let x = parse_bool(text)
+                    .ok_or_else(|| format!("`{text}` is not a boolean (true/false)"))?;
                 v.push(x);
                 n.push(true);
             }
@@ -461,7 +522,11 @@ impl ColumnBuf {
     /// Appends a string (JSON): only Utf8 columns accept it.
     pub fn push_str(&mut self, s: &str) -> Result<(), String> {
         match self {
-            ColumnBuf::Utf8 { offsets, data, validity } => {
+            ColumnBuf::Utf8 {
+                offsets,
+                data,
+                validity,
+            } => {
                 data.extend_from_slice(s.as_bytes());
                 offsets.push(data.len() as i32);
                 validity.push(true);
@@ -473,7 +538,12 @@ impl ColumnBuf {
     }
 
     fn push_display(&mut self, x: impl std::fmt::Display) {
-        if let ColumnBuf::Utf8 { offsets, data, validity } = self {
+        if let ColumnBuf::Utf8 {
+            offsets,
+            data,
+            validity,
+        } = self
+        {
             use std::io::Write;
             let _ = write!(data, "{x}");
             offsets.push(data.len() as i32);
@@ -484,14 +554,25 @@ impl ColumnBuf {
     /// Takes the values as an Arrow array, leaving the buffer empty.
     pub fn finish(&mut self) -> ArrayRef {
         match self {
-            ColumnBuf::Float64(v, n) => Arc::new(Float64Array::new(ScalarBuffer::from(std::mem::take(v)), n.take())),
-            ColumnBuf::Int64(v, n) => Arc::new(Int64Array::new(ScalarBuffer::from(std::mem::take(v)), n.take())),
+            ColumnBuf::Float64(v, n) => Arc::new(Float64Array::new(
+                ScalarBuffer::from(std::mem::take(v)),
+                n.take(),
+            )),
+            ColumnBuf::Int64(v, n) => Arc::new(Int64Array::new(
+                ScalarBuffer::from(std::mem::take(v)),
+                n.take(),
+            )),
             ColumnBuf::Bool(v, n) => {
                 let values = BooleanBuffer::from(std::mem::take(v));
                 Arc::new(BooleanArray::new(values, n.take()))
             }
-            ColumnBuf::Utf8 { offsets, data, validity } => {
-                let offs = OffsetBuffer::new(ScalarBuffer::from(std::mem::replace(offsets, vec![0])));
+            ColumnBuf::Utf8 {
+                offsets,
+                data,
+                validity,
+            } => {
+                let offs =
+                    OffsetBuffer::new(ScalarBuffer::from(std::mem::replace(offsets, vec![0])));
                 let bytes = Buffer::from_vec(std::mem::take(data));
                 Arc::new(StringArray::new(offs, bytes, validity.take()))
             }
@@ -538,7 +619,8 @@ pub struct ReplayOptions {
 /// Checks `batch_rows` and `speed`.
 pub fn check_options(batch_rows: usize, speed: Option<f64>) -> Result<(), Problem> {
     if batch_rows == 0 {
-        return Err(Problem::at("batch_rows", "batch_rows must be at least 1").with_help("the default is 1024"));
+        return Err(Problem::at("batch_rows", "batch_rows must be at least 1")
+            .with_help("the default is 1024"));
     }
     if let Some(s) = speed
         && !(s.is_finite() && s > 0.0)
@@ -568,7 +650,9 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, ca) in a.chars().enumerate() {
         let mut cur = vec![i + 1; b.len() + 1];
         for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
         }
         prev = cur;
     }
@@ -576,13 +660,20 @@ fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 /// A problem for a timestamp column that is not in the file, with a hint.
-pub fn missing_timestamp_problem<'a>(column: &str, available: impl IntoIterator<Item = &'a str> + Clone) -> Problem {
+pub fn missing_timestamp_problem<'a>(
+    column: &str,
+    available: impl IntoIterator<Item = &'a str> + Clone,
+) -> Problem {
     let list: Vec<&str> = available.clone().into_iter().collect();
     let help = match suggest(column, available) {
         Some(s) => format!("did you mean `{s}`? (columns: {})", list.join(", ")),
         None => format!("the columns are: {}", list.join(", ")),
     };
-    Problem::at("timestamp_column", format!("the file has no column `{column}`")).with_help(help)
+    Problem::at(
+        "timestamp_column",
+        format!("the file has no column `{column}`"),
+    )
+    .with_help(help)
 }
 
 /// At most this many batches are sent per activation before other operators get to run.
@@ -602,7 +693,11 @@ where
     R: RecordReader,
     F: FnOnce() -> Result<R, EngineError>,
 {
-    let reader = if cx.worker_index() == 0 { Some(open()?) } else { None };
+    let reader = if cx.worker_index() == 0 {
+        Some(open()?)
+    } else {
+        None
+    };
     let mut builder = OperatorBuilder::new(format!("Replay({})", cx.name), cx.scope);
     let activator = cx.scope.activator_for(builder.operator_info().address);
     let (main_out, main_stream) = builder.new_output::<Vec<Batch>>();
@@ -617,7 +712,16 @@ where
             let dead_cap = caps.pop().expect("dead-letter capability");
             let main_cap = caps.pop().expect("main capability");
             activator.activate();
-            Replay::new(reader, name, metrics, schema, &column_types, options, main_cap, dead_cap)
+            Replay::new(
+                reader,
+                name,
+                metrics,
+                schema,
+                &column_types,
+                options,
+                main_cap,
+                dead_cap,
+            )
         });
         drop(caps);
         move |_frontiers| {
@@ -667,7 +771,11 @@ struct Replay<R> {
     pace: Option<Pace>,
 }
 
-type Session<'a> = timely::dataflow::operators::generic::OutputBuilderSession<'a, Time, CapacityContainerBuilder<Vec<Batch>>>;
+type Session<'a> = timely::dataflow::operators::generic::OutputBuilderSession<
+    'a,
+    Time,
+    CapacityContainerBuilder<Vec<Batch>>,
+>;
 
 impl<R: RecordReader> Replay<R> {
     #[allow(clippy::too_many_arguments)]
@@ -694,7 +802,10 @@ impl<R: RecordReader> Replay<R> {
             dead: DeadLetters::default(),
             pending: false,
             max_seen: None,
-            pace: options.speed.map(|speed| Pace { speed, origin: None }),
+            pace: options.speed.map(|speed| Pace {
+                speed,
+                origin: None,
+            }),
         }
     }
 
@@ -707,11 +818,16 @@ impl<R: RecordReader> Replay<R> {
 
     /// How long until a row with event time `ts` is due.
     fn wait_for(&self, ts: i64) -> Duration {
-        let Some(Pace { speed, origin: Some((wall, event)) }) = self.pace.as_ref() else {
+        let Some(Pace {
+            speed,
+            origin: Some((wall, event)),
+        }) = self.pace.as_ref()
+        else {
             return Duration::ZERO;
         };
         let due = *wall + Duration::from_secs_f64((ts - event).max(0) as f64 / 1000.0 / speed);
-        due.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))
+        due.saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1))
     }
 
     fn dead_letter(&mut self, reason: &str) {
@@ -723,7 +839,7 @@ impl<R: RecordReader> Replay<R> {
     fn step(&mut self, main: &mut Session<'_>, dead: &mut Session<'_>) -> Next {
         let started = Instant::now();
         for _ in 0..BATCHES_PER_ACTIVATION {
-            let limit = self.due_limit();
+            let mut limit = self.due_limit();
             let mut ended = false;
             let mut wait = None;
             let mut min_ts = i64::MAX;
@@ -738,7 +854,12 @@ impl<R: RecordReader> Replay<R> {
                         Err(e) => {
                             tracing::error!(component = %self.name, "cannot read on: {e}");
                             let t = *self.dead_cap.time();
-                            self.dead.push(t, &self.name, &format!("read error, the rest of the input is skipped: {e}"), "");
+                            self.dead.push(
+                                t,
+                                &self.name,
+                                &format!("read error, the rest of the input is skipped: {e}"),
+                                "",
+                            );
                             ended = true;
                             break;
                         }
@@ -764,6 +885,7 @@ impl<R: RecordReader> Replay<R> {
                             && pace.origin.is_none()
                         {
                             pace.origin = Some((Instant::now(), ts));
+                            limit = Some(ts);
                         }
                         self.times.push(ts);
                         min_ts = min_ts.min(ts);
@@ -799,13 +921,15 @@ impl<R: RecordReader> Replay<R> {
     fn emit(&mut self, main: &mut Session<'_>, dead: &mut Session<'_>, min_ts: i64) {
         if !self.times.is_empty() {
             let mut arrays = Vec::with_capacity(self.columns.len() + 1);
-            let times = std::mem::replace(&mut self.times, Vec::with_capacity(self.options.batch_rows));
+            let times =
+                std::mem::replace(&mut self.times, Vec::with_capacity(self.options.batch_rows));
             arrays.push(time_array(times));
             arrays.extend(self.columns.iter_mut().map(ColumnBuf::finish));
             match RecordBatch::try_new(self.schema.clone(), arrays) {
                 Ok(batch) => {
                     let at = (min_ts.max(0) as Time).max(*self.main_cap.time());
-                    main.session(&self.main_cap.delayed(&at)).give(Batch::new(batch));
+                    main.session(&self.main_cap.delayed(&at))
+                        .give(Batch::new(batch));
                 }
                 Err(e) => {
                     // Cannot happen: the buffers follow the schema.
@@ -818,7 +942,8 @@ impl<R: RecordReader> Replay<R> {
             dead.session(&self.dead_cap).give(letters);
         }
         if let Some(max) = self.max_seen {
-            let watermark = (max.saturating_sub(self.options.max_out_of_orderness_ms as i64)).max(0) as Time;
+            let watermark =
+                (max.saturating_sub(self.options.max_out_of_orderness_ms as i64)).max(0) as Time;
             if watermark > *self.main_cap.time() {
                 self.main_cap.downgrade(&watermark);
                 self.dead_cap.downgrade(&watermark);
@@ -843,27 +968,45 @@ pub(crate) mod test_util {
 
     /// Runs `schemas()` with `dir` as the pipeline directory.
     pub fn schemas(source: &dyn Source, dir: &Path) -> Result<Outputs<SchemaRef>, Problem> {
-        let node = NodeSpec { id: "test".into(), role: Role::Standalone };
+        let node = NodeSpec {
+            id: "test".into(),
+            role: Role::Standalone,
+        };
         let policy = PolicySnapshot::default();
         let channels = BTreeMap::new();
-        let cx = CheckContext { node: &node, policy: &policy, base_dir: dir, channels: &channels };
+        let cx = CheckContext {
+            node: &node,
+            policy: &policy,
+            base_dir: dir,
+            channels: &channels,
+        };
         source.schemas(&cx)
     }
 
     /// A harness whose relative paths resolve in `dir`.
     pub fn harness(dir: &Path) -> Harness {
-        Harness { base_dir: dir.to_path_buf(), ..Default::default() }
+        Harness {
+            base_dir: dir.to_path_buf(),
+            ..Default::default()
+        }
     }
 
     /// The `ts` column of a batch as milliseconds.
     pub fn times(batch: &RecordBatch) -> Vec<i64> {
-        let ts = batch.column(0).as_any().downcast_ref::<TimestampMillisecondArray>().expect("ts column");
+        let ts = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<TimestampMillisecondArray>()
+            .expect("ts column");
         (0..ts.len()).map(|i| ts.value(i)).collect()
     }
 
     /// Milliseconds of a UTC date and time.
     pub fn ms(text: &str) -> i64 {
-        chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S").expect("test time").and_utc().timestamp_millis()
+        chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S")
+            .expect("test time")
+            .and_utc()
+            .timestamp_millis()
     }
 }
 
@@ -875,8 +1018,16 @@ mod tests {
     #[test]
     fn default_format_fast_path_matches_chrono() {
         let f = TimeFormat::new(DEFAULT_TIME_FORMAT).unwrap();
-        for text in ["2014-02-28 23:59:59", "2000-02-29 00:00:00", "1970-01-01 00:00:00", "2031-12-31 12:30:05"] {
-            let chrono = chrono::NaiveDateTime::parse_from_str(text, DEFAULT_TIME_FORMAT).unwrap().and_utc().timestamp_millis();
+        for text in [
+            "2014-02-28 23:59:59",
+            "2000-02-29 00:00:00",
+            "1970-01-01 00:00:00",
+            "2031-12-31 12:30:05",
+        ] {
+            let chrono = chrono::NaiveDateTime::parse_from_str(text, DEFAULT_TIME_FORMAT)
+                .unwrap()
+                .and_utc()
+                .timestamp_millis();
             assert_eq!(f.parse_str(text).unwrap(), chrono, "{text}");
         }
         assert_eq!(f.parse_str("1970-01-01 00:00:01.250").unwrap(), 1250);
@@ -910,7 +1061,10 @@ mod tests {
 
     #[test]
     fn suggestions_find_close_names() {
-        assert_eq!(suggest("timestamp", ["datetime", "Timestamp", "value"]).as_deref(), Some("Timestamp"));
+        assert_eq!(
+            suggest("timestamp", ["datetime", "Timestamp", "value"]).as_deref(),
+            Some("Timestamp")
+        );
         assert_eq!(suggest("zzz", ["datetime", "value"]), None);
     }
 }

@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use arrow::array::{ArrayRef, Float64Array, RecordBatch, StringBuilder, TimestampMillisecondArray};
+use arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray, TimestampMillisecondArray};
+use arrow::buffer::{Buffer, OffsetBuffer, ScalarBuffer};
 use arrow::datatypes::{DataType, Field, SchemaRef};
 use isthmus_engine::batch::{Batch, BatchStream, Time, schema_with_time};
 use isthmus_engine::units::DurationSpec;
@@ -39,7 +40,13 @@ mean_time_between_faults = "30m"
 "#;
 
 /// Fault kinds, as written in the `fault` column.
-pub const FAULT_KINDS: [&str; 5] = ["bearing_wear", "overheating", "stuck_sensor", "spike", "dropout"];
+pub const FAULT_KINDS: [&str; 5] = [
+    "bearing_wear",
+    "overheating",
+    "stuck_sensor",
+    "spike",
+    "dropout",
+];
 
 /// Rows produced per activation at most, so that downstream operators get to run.
 const ROWS_PER_ACTIVATION: usize = 1 << 16;
@@ -179,48 +186,81 @@ struct Params {
 impl SimulatorSource {
     fn params(&self) -> Result<Params, Problem> {
         if self.devices == 0 {
-            return Err(Problem::at("devices", "the fleet needs at least one device").with_help("set `devices = 1` or more"));
+            return Err(
+                Problem::at("devices", "the fleet needs at least one device")
+                    .with_help("set `devices = 1` or more"),
+            );
         }
         if self.plants == 0 {
             return Err(Problem::at("plants", "there must be at least one plant"));
         }
         if self.lines_per_plant == 0 {
-            return Err(Problem::at("lines_per_plant", "each plant needs at least one line"));
+            return Err(Problem::at(
+                "lines_per_plant",
+                "each plant needs at least one line",
+            ));
         }
         if !(self.rate_hz.is_finite() && self.rate_hz > 0.0) {
-            return Err(Problem::at("rate_hz", format!("rate must be a positive number of readings per second, found {}", self.rate_hz))
-                .with_help("for example `rate_hz = 1.0`"));
+            return Err(Problem::at(
+                "rate_hz",
+                format!(
+                    "rate must be a positive number of readings per second, found {}",
+                    self.rate_hz
+                ),
+            )
+            .with_help("for example `rate_hz = 1.0`"));
         }
         if self.rate_hz > 1000.0 {
-            return Err(Problem::at("rate_hz", format!("rate {} Hz is above 1000 Hz: event time has millisecond resolution", self.rate_hz))
-                .with_help("use more `devices` for more rows per second"));
+            return Err(Problem::at(
+                "rate_hz",
+                format!(
+                    "rate {} Hz is above 1000 Hz: event time has millisecond resolution",
+                    self.rate_hz
+                ),
+            )
+            .with_help("use more `devices` for more rows per second"));
         }
         if self.duration.as_millis() == 0 {
-            return Err(Problem::at("duration", "duration must be positive").with_help("for example `duration = \"1h\"`"));
+            return Err(Problem::at("duration", "duration must be positive")
+                .with_help("for example `duration = \"1h\"`"));
         }
         let start = chrono::DateTime::parse_from_rfc3339(self.start.trim()).map_err(|e| {
-            Problem::at("start", format!("`{}` is not an RFC 3339 timestamp: {e}", self.start))
-                .with_help("for example `start = \"2026-01-01T00:00:00Z\"`")
+            Problem::at(
+                "start",
+                format!("`{}` is not an RFC 3339 timestamp: {e}", self.start),
+            )
+            .with_help("for example `start = \"2026-01-01T00:00:00Z\"`")
         })?;
         let start_ms = start.timestamp_millis();
         if start_ms < 0 {
-            return Err(Problem::at("start", "start must not be before 1970-01-01T00:00:00Z"));
+            return Err(Problem::at(
+                "start",
+                "start must not be before 1970-01-01T00:00:00Z",
+            ));
         }
         if let Some(speed) = self.realtime_speed
             && !(speed.is_finite() && speed > 0.0)
         {
-            return Err(Problem::at("realtime_speed", format!("speed must be a positive number, found {speed}"))
-                .with_help("1.0 is real time; remove the key to run as fast as possible"));
+            return Err(Problem::at(
+                "realtime_speed",
+                format!("speed must be a positive number, found {speed}"),
+            )
+            .with_help("1.0 is real time; remove the key to run as fast as possible"));
         }
         if self.batch_rows == 0 {
-            return Err(Problem::at("batch_rows", "a batch needs at least one row").with_help("the default is 1024"));
+            return Err(Problem::at("batch_rows", "a batch needs at least one row")
+                .with_help("the default is 1024"));
         }
         let mtbf_ms = self.mean_time_between_faults.as_millis();
         if self.faults && mtbf_ms == 0 {
-            return Err(Problem::at("mean_time_between_faults", "the mean time between faults must be positive")
-                .with_help("for example `\"2h\"`, or `faults = false`"));
+            return Err(Problem::at(
+                "mean_time_between_faults",
+                "the mean time between faults must be positive",
+            )
+            .with_help("for example `\"2h\"`, or `faults = false`"));
         }
-        let ticks = (self.duration.as_millis() as f64 * self.rate_hz / 1000.0 + 1e-9).floor() as u64;
+        let ticks =
+            (self.duration.as_millis() as f64 * self.rate_hz / 1000.0 + 1e-9).floor() as u64;
         Ok(Params {
             devices: self.devices,
             plants: self.plants,
@@ -230,7 +270,9 @@ impl SimulatorSource {
             period_ms: 1000.0 / self.rate_hz,
             ticks,
             batch_rows: self.batch_rows,
-            mtbf_ticks: self.faults.then(|| (mtbf_ms as f64 * self.rate_hz / 1000.0).max(1.0)),
+            mtbf_ticks: self
+                .faults
+                .then(|| (mtbf_ms as f64 * self.rate_hz / 1000.0).max(1.0)),
             rate_hz: self.rate_hz,
             realtime_speed: self.realtime_speed,
         })
@@ -280,13 +322,18 @@ impl SplitMix64 {
 
 /// The generator of device `index` under `seed`.
 fn device_rng(seed: u64, index: usize) -> SplitMix64 {
-    let mut mix = SplitMix64(seed ^ (index as u64).wrapping_add(1).wrapping_mul(0xD134_2543_DE82_EF95));
+    let mut mix = SplitMix64(
+        seed ^ (index as u64)
+            .wrapping_add(1)
+            .wrapping_mul(0xD134_2543_DE82_EF95),
+    );
     // Decorrelate neighbouring devices and seeds before use.
     let state = mix.next_u64() ^ mix.next_u64().rotate_left(17);
     SplitMix64(state)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
 enum Fault {
     None,
     BearingWear,
@@ -312,9 +359,9 @@ impl Fault {
 /// One simulated device and its state.
 #[derive(Clone, Debug)]
 struct Device {
-    name: String,
-    plant: String,
-    line: String,
+    name: Text,
+    plant: Text,
+    line: Text,
     rng: SplitMix64,
     temp_base: f64,
     temp_amp: f64,
@@ -357,9 +404,9 @@ impl Device {
         let phase = (plant_no as f64) * 0.9 + rng.range(-0.3, 0.3);
         let temp_base = rng.range(50.0, 70.0);
         let mut device = Device {
-            name: format!("p{plant_no}-l{line_no}-d{index:04}"),
-            plant: format!("p{plant_no}"),
-            line: format!("p{plant_no}-l{line_no}"),
+            name: Text::new(format!("p{plant_no}-l{line_no}-d{index:04}")),
+            plant: Text::new(format!("p{plant_no}")),
+            line: Text::new(format!("p{plant_no}-l{line_no}")),
             temp_base,
             temp_amp: rng.range(2.0, 5.0),
             vib_base: rng.range(1.5, 3.0),
@@ -398,13 +445,25 @@ impl Device {
         }
         let ticks_for = |secs: f64| ((secs * p.rate_hz) as u64).max(1);
         let (fault, seconds, magnitude) = match self.rng.next_u64() % 5 {
-            0 => (Fault::BearingWear, self.rng.range(600.0, 1800.0), self.rng.range(3.0, 5.0)),
-            1 => (Fault::Overheating, self.rng.range(300.0, 1200.0), self.rng.range(15.0, 25.0)),
+            0 => (
+                Fault::BearingWear,
+                self.rng.range(600.0, 1800.0),
+                self.rng.range(3.0, 5.0),
+            ),
+            1 => (
+                Fault::Overheating,
+                self.rng.range(300.0, 1200.0),
+                self.rng.range(15.0, 25.0),
+            ),
             2 => (Fault::StuckSensor, self.rng.range(120.0, 600.0), 0.0),
             3 => (Fault::Spike, 0.0, self.rng.range(20.0, 40.0)),
             _ => (Fault::Dropout, self.rng.range(60.0, 600.0), 0.0),
         };
-        let ticks = if fault == Fault::Spike { 1 + self.rng.next_u64() % 3 } else { ticks_for(seconds) };
+        let ticks = if fault == Fault::Spike {
+            1 + self.rng.next_u64() % 3
+        } else {
+            ticks_for(seconds)
+        };
         self.fault = fault;
         self.fault_start = tick;
         self.fault_ticks = ticks;
@@ -421,7 +480,8 @@ impl Device {
         }
         let daily = sin_a * self.phase_cos + cos_a * self.phase_sin;
         let mut temperature = self.temp_base + self.temp_amp * daily + 0.3 * self.rng.gaussish();
-        let mut vibration = (self.vib_base + self.vib_amp * daily + 0.15 * self.rng.gaussish()).max(0.05);
+        let mut vibration =
+            (self.vib_base + self.vib_amp * daily + 0.15 * self.rng.gaussish()).max(0.05);
         let mut pressure = self.pres_base + self.pres_amp * daily + 0.05 * self.rng.gaussish();
         let mut current = self.cur_base + self.cur_amp * daily + 0.2 * self.rng.gaussish();
         match self.fault {
@@ -440,7 +500,74 @@ impl Device {
             Fault::Dropout => return None,
         }
         self.last_temp = temperature;
-        Some(Reading { temperature, vibration, pressure, current, fault: self.fault })
+        Some(Reading {
+            temperature,
+            vibration,
+            pressure,
+            current,
+            fault: self.fault,
+        })
+    }
+}
+
+/// A short text kept padded to 16 bytes, so that appending it to a column is two word
+/// moves rather than a `memcpy` call of variable length.
+#[derive(Clone, Debug)]
+struct Text {
+    padded: [u8; 16],
+    text: String,
+}
+
+impl Text {
+    fn new(text: String) -> Self {
+        let mut padded = [0u8; 16];
+        if text.len() <= 16 {
+            padded[..text.len()].copy_from_slice(text.as_bytes());
+        }
+        Text { padded, text }
+    }
+
+    fn from_static(text: &'static str) -> Self {
+        Text::new(text.to_string())
+    }
+}
+
+/// A Utf8 column under construction: cheaper than a `StringBuilder` (no null bitmap, short
+/// texts copied as fixed-size blocks).
+struct TextColumn {
+    offsets: Vec<i32>,
+    values: Vec<u8>,
+}
+
+impl TextColumn {
+    fn with_capacity(rows: usize) -> Self {
+        let mut offsets = Vec::with_capacity(rows + 1);
+        offsets.push(0);
+        TextColumn {
+            offsets,
+            values: Vec::with_capacity(rows * 16 + 16),
+        }
+    }
+
+    #[inline]
+    fn push(&mut self, text: &Text) {
+        let len = text.text.len();
+        if len <= 16 {
+            let start = self.values.len();
+            self.values.extend_from_slice(&text.padded);
+            self.values.truncate(start + len);
+        } else {
+            self.values.extend_from_slice(text.text.as_bytes());
+        }
+        self.offsets.push(self.values.len() as i32);
+    }
+
+    fn finish(self) -> ArrayRef {
+        let offsets = OffsetBuffer::new(ScalarBuffer::from(self.offsets));
+        Arc::new(
+            StringArray::try_new(offsets, Buffer::from_vec(self.values), None)
+                .expect("simulator text is UTF-8"),
+        )
     }
 }
 
@@ -453,14 +580,35 @@ struct Generator {
     tick: u64,
     /// The next device (index into `devices`) within the tick.
     cursor: usize,
+    /// The `fault` labels, by `Fault as usize`.
+    labels: [Text; 6],
 }
 
 impl Generator {
     /// The share of worker `worker` of `workers`: devices whose index is `worker` modulo
     /// `workers`.
     fn new(p: &Params, worker: usize, workers: usize) -> Self {
-        let devices = (0..p.devices).filter(|i| i % workers.max(1) == worker).map(|i| Device::new(p, i)).collect();
-        Generator { p: p.clone(), schema: simulator_schema(), devices, tick: 0, cursor: 0 }
+        let devices = (0..p.devices)
+            .filter(|i| i % workers.max(1) == worker)
+            .map(|i| Device::new(p, i))
+            .collect();
+        let labels = [
+            Fault::None,
+            Fault::BearingWear,
+            Fault::Overheating,
+            Fault::StuckSensor,
+            Fault::Spike,
+            Fault::Dropout,
+        ]
+        .map(|f| Text::from_static(f.label()));
+        Generator {
+            p: p.clone(),
+            schema: simulator_schema(),
+            devices,
+            tick: 0,
+            cursor: 0,
+            labels,
+        }
     }
 
     fn tick_time(&self, tick: u64) -> Time {
@@ -479,14 +627,14 @@ impl Generator {
         let batch_time = self.next_time()?;
         let cap = self.p.batch_rows;
         let mut ts: Vec<i64> = Vec::with_capacity(cap);
-        let mut device = StringBuilder::with_capacity(cap, cap * 12);
-        let mut plant = StringBuilder::with_capacity(cap, cap * 3);
-        let mut line = StringBuilder::with_capacity(cap, cap * 6);
+        let mut device = TextColumn::with_capacity(cap);
+        let mut plant = TextColumn::with_capacity(cap);
+        let mut line = TextColumn::with_capacity(cap);
         let mut temperature: Vec<f64> = Vec::with_capacity(cap);
         let mut vibration: Vec<f64> = Vec::with_capacity(cap);
         let mut pressure: Vec<f64> = Vec::with_capacity(cap);
         let mut current: Vec<f64> = Vec::with_capacity(cap);
-        let mut fault = StringBuilder::with_capacity(cap, cap * 4);
+        let mut fault = TextColumn::with_capacity(cap);
         const DAY_MS: f64 = 86_400_000.0;
         while ts.len() < cap && self.tick < self.p.ticks {
             let time = self.tick_time(self.tick);
@@ -500,14 +648,14 @@ impl Generator {
                 self.cursor += 1;
                 if let Some(r) = d.read(self.tick, sin_a, cos_a, &self.p) {
                     ts.push(time as i64);
-                    device.append_value(&d.name);
-                    plant.append_value(&d.plant);
-                    line.append_value(&d.line);
+                    device.push(&d.name);
+                    plant.push(&d.plant);
+                    line.push(&d.line);
                     temperature.push(r.temperature);
                     vibration.push(r.vibration);
                     pressure.push(r.pressure);
                     current.push(r.current);
-                    fault.append_value(r.fault.label());
+                    fault.push(&self.labels[r.fault as usize]);
                 }
             }
             if self.cursor == self.devices.len() {
@@ -520,16 +668,17 @@ impl Generator {
         }
         let columns: Vec<ArrayRef> = vec![
             Arc::new(TimestampMillisecondArray::from(ts)),
-            Arc::new(device.finish()),
-            Arc::new(plant.finish()),
-            Arc::new(line.finish()),
+            device.finish(),
+            plant.finish(),
+            line.finish(),
             Arc::new(Float64Array::from(temperature)),
             Arc::new(Float64Array::from(vibration)),
             Arc::new(Float64Array::from(pressure)),
             Arc::new(Float64Array::from(current)),
-            Arc::new(fault.finish()),
+            fault.finish(),
         ];
-        let batch = RecordBatch::try_new(self.schema.clone(), columns).expect("simulator columns match its schema");
+        let batch = RecordBatch::try_new(self.schema.clone(), columns)
+            .expect("simulator columns match its schema");
         Some((batch_time, batch))
     }
 }
@@ -545,55 +694,65 @@ impl Source for SimulatorSource {
         let mut generator = Generator::new(&p, cx.worker_index(), cx.workers());
         let shutdown = cx.shutdown.clone();
         let scope = cx.scope;
-        let stream = source::<_, CapacityContainerBuilder<Vec<Batch>>, _, _>(cx.scope, &cx.name, move |cap, info| {
-            let activator = scope.activator_for(info.address);
-            let mut cap = generator.next_time().map(|t| {
-                let mut cap = cap;
-                cap.downgrade(&t);
-                cap
-            });
-            let mut wall_start: Option<Instant> = None;
-            move |output| {
-                let Some(c) = cap.as_mut() else { return };
-                if shutdown.load(Ordering::Relaxed) {
-                    cap = None;
-                    return;
-                }
-                let started = *wall_start.get_or_insert_with(Instant::now);
-                let until = match p.realtime_speed {
-                    None => Time::MAX,
-                    Some(speed) => p.start_ms + (started.elapsed().as_secs_f64() * 1000.0 * speed) as Time,
-                };
-                let mut produced = 0;
-                loop {
-                    let Some(next) = generator.next_time() else {
+        let stream = source::<_, CapacityContainerBuilder<Vec<Batch>>, _, _>(
+            cx.scope,
+            &cx.name,
+            move |cap, info| {
+                let activator = scope.activator_for(info.address);
+                let mut cap = generator.next_time().map(|t| {
+                    let mut cap = cap;
+                    cap.downgrade(&t);
+                    cap
+                });
+                let mut wall_start: Option<Instant> = None;
+                move |output| {
+                    let Some(c) = cap.as_mut() else { return };
+                    if shutdown.load(Ordering::Relaxed) {
                         cap = None;
                         return;
-                    };
-                    if next > c.time().to_owned() {
-                        c.downgrade(&next);
                     }
-                    if next > until {
-                        let speed = p.realtime_speed.unwrap_or(1.0);
-                        let due = Duration::from_secs_f64((next - p.start_ms) as f64 / 1000.0 / speed);
-                        let delay = due.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
-                        activator.activate_after(delay);
-                        return;
-                    }
-                    if produced >= ROWS_PER_ACTIVATION {
-                        activator.activate();
-                        return;
-                    }
-                    if let Some((time, batch)) = generator.next_batch(until) {
-                        if time > *c.time() {
-                            c.downgrade(&time);
+                    let started = *wall_start.get_or_insert_with(Instant::now);
+                    let until = match p.realtime_speed {
+                        None => Time::MAX,
+                        Some(speed) => {
+                            p.start_ms + (started.elapsed().as_secs_f64() * 1000.0 * speed) as Time
                         }
-                        produced += batch.num_rows();
-                        output.session(&*c).give(Batch::new(batch));
+                    };
+                    let mut produced = 0;
+                    loop {
+                        let Some(next) = generator.next_time() else {
+                            cap = None;
+                            return;
+                        };
+                        if next > *c.time() {
+                            c.downgrade(&next);
+                        }
+                        if next > until {
+                            let speed = p.realtime_speed.unwrap_or(1.0);
+                            let due = Duration::from_secs_f64(
+                                (next - p.start_ms) as f64 / 1000.0 / speed,
+                            );
+                            let delay = due
+                                .saturating_sub(started.elapsed())
+                                .max(Duration::from_millis(1));
+                            activator.activate_after(delay);
+                            return;
+                        }
+                        if produced >= ROWS_PER_ACTIVATION {
+                            activator.activate();
+                            return;
+                        }
+                        if let Some((time, batch)) = generator.next_batch(until) {
+                            if time > *c.time() {
+                                c.downgrade(&time);
+                            }
+                            produced += batch.num_rows();
+                            output.session(&*c).give(Batch::new(batch));
+                        }
                     }
                 }
-            }
-        });
+            },
+        );
         Ok(Outputs::main(stream))
     }
 }
@@ -624,9 +783,22 @@ mod tests {
             let device = b.column(1).as_string::<i32>();
             let fault = b.column(8).as_string::<i32>();
             for i in 0..b.num_rows() {
-                let floats: Vec<String> =
-                    (4..8).map(|c| b.column(c).as_primitive::<Float64Type>().value(i).to_bits().to_string()).collect();
-                out.push(format!("{} {} {} {}", ts.value(i), device.value(i), fault.value(i), floats.join(" ")));
+                let floats: Vec<String> = (4..8)
+                    .map(|c| {
+                        b.column(c)
+                            .as_primitive::<Float64Type>()
+                            .value(i)
+                            .to_bits()
+                            .to_string()
+                    })
+                    .collect();
+                out.push(format!(
+                    "{} {} {} {}",
+                    ts.value(i),
+                    device.value(i),
+                    fault.value(i),
+                    floats.join(" ")
+                ));
             }
         }
         out
@@ -650,14 +822,32 @@ mod tests {
 
     #[test]
     fn schema_names_and_values() {
-        let s = SimulatorSource { faults: false, plants: 2, lines_per_plant: 3, ..sim(12, "1m") };
+        let s = SimulatorSource {
+            faults: false,
+            plants: 2,
+            lines_per_plant: 3,
+            ..sim(12, "1m")
+        };
         let out = Harness::default().run_source(&s);
         assert_eq!(out.main_rows(), 12 * 60);
         let b = out.main_batch().unwrap();
         assert_eq!(b.schema(), simulator_schema());
         let schema = b.schema();
         let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-        assert_eq!(names, ["ts", "device", "plant", "line", "temperature", "vibration", "pressure", "current", "fault"]);
+        assert_eq!(
+            names,
+            [
+                "ts",
+                "device",
+                "plant",
+                "line",
+                "temperature",
+                "vibration",
+                "pressure",
+                "current",
+                "fault"
+            ]
+        );
         let device = b.column(1).as_string::<i32>();
         let plant = b.column(2).as_string::<i32>();
         let line = b.column(3).as_string::<i32>();
@@ -671,9 +861,17 @@ mod tests {
         let ts = b.column(0).as_primitive::<TimestampMillisecondType>();
         assert_eq!(ts.value(0), 1_767_225_600_000); // 2026-01-01T00:00:00Z
         assert_eq!(ts.value(b.num_rows() - 1), 1_767_225_600_000 + 59_000);
-        for (c, lo, hi) in [(4, 40.0, 85.0), (5, 0.0, 5.0), (6, 3.0, 8.0), (7, 5.0, 17.0)] {
+        for (c, lo, hi) in [
+            (4, 40.0, 85.0),
+            (5, 0.0, 5.0),
+            (6, 3.0, 8.0),
+            (7, 5.0, 17.0),
+        ] {
             let col = b.column(c).as_primitive::<Float64Type>();
-            assert!(col.values().iter().all(|v| (lo..hi).contains(v)), "column {c} out of [{lo}, {hi})");
+            assert!(
+                col.values().iter().all(|v| (lo..hi).contains(v)),
+                "column {c} out of [{lo}, {hi})"
+            );
         }
         assert!((0..b.num_rows()).all(|i| b.column(8).as_string::<i32>().value(i) == "none"));
         // Batches are sent at a time no later than their rows, in event-time order.
@@ -692,16 +890,35 @@ mod tests {
         let a = rows(&[Harness::default().run_source(&s).main_batch().unwrap()]);
         let b = rows(&[Harness::default().run_source(&s).main_batch().unwrap()]);
         assert_eq!(a, b);
-        let c = rows(&[Harness::default().run_source(&SimulatorSource { seed: 43, ..s }).main_batch().unwrap()]);
+        let c = rows(&[Harness::default()
+            .run_source(&SimulatorSource { seed: 43, ..s })
+            .main_batch()
+            .unwrap()]);
         assert_ne!(a, c);
     }
 
     #[test]
     fn one_and_two_workers_give_the_same_rows() {
-        let s = SimulatorSource { mean_time_between_faults: DurationSpec::parse("10m").unwrap(), batch_rows: 100, ..sim(25, "30m") };
-        let mut one = rows(&generate(&s, 0, 1).into_iter().map(|(_, b)| b).collect::<Vec<_>>());
+        let s = SimulatorSource {
+            mean_time_between_faults: DurationSpec::parse("10m").unwrap(),
+            batch_rows: 100,
+            ..sim(25, "30m")
+        };
+        let mut one = rows(
+            &generate(&s, 0, 1)
+                .into_iter()
+                .map(|(_, b)| b)
+                .collect::<Vec<_>>(),
+        );
         let mut two: Vec<String> = (0..2)
-            .flat_map(|w| rows(&generate(&s, w, 2).into_iter().map(|(_, b)| b).collect::<Vec<_>>()))
+            .flat_map(|w| {
+                rows(
+                    &generate(&s, w, 2)
+                        .into_iter()
+                        .map(|(_, b)| b)
+                        .collect::<Vec<_>>(),
+                )
+            })
             .collect();
         assert!(one.len() > 25 * 1000);
         one.sort();
@@ -711,7 +928,10 @@ mod tests {
 
     #[test]
     fn faults_are_labelled_and_shape_the_readings() {
-        let s = SimulatorSource { mean_time_between_faults: DurationSpec::parse("20m").unwrap(), ..sim(40, "3h") };
+        let s = SimulatorSource {
+            mean_time_between_faults: DurationSpec::parse("20m").unwrap(),
+            ..sim(40, "3h")
+        };
         let b = concat(&generate(&s, 0, 1));
         let fault = b.column(8).as_string::<i32>();
         let device = b.column(1).as_string::<i32>();
@@ -722,8 +942,17 @@ mod tests {
         for i in 0..b.num_rows() {
             *seen.entry(fault.value(i)).or_default() += 1;
         }
-        for kind in ["none", "bearing_wear", "overheating", "stuck_sensor", "spike"] {
-            assert!(seen.get(kind).copied().unwrap_or(0) > 0, "no `{kind}` rows: {seen:?}");
+        for kind in [
+            "none",
+            "bearing_wear",
+            "overheating",
+            "stuck_sensor",
+            "spike",
+        ] {
+            assert!(
+                seen.get(kind).copied().unwrap_or(0) > 0,
+                "no `{kind}` rows: {seen:?}"
+            );
         }
         assert!(!seen.contains_key("dropout"), "dropouts send no rows");
         // Spikes are huge pressure readings; normal pressure stays below 8 bar.
@@ -735,7 +964,10 @@ mod tests {
         }
         // Bearing wear ends at 3–5× the normal vibration; overheating at +15..25 °C.
         let max_of = |kind: &str, col: &arrow::array::Float64Array| {
-            (0..b.num_rows()).filter(|&i| fault.value(i) == kind).map(|i| col.value(i)).fold(f64::MIN, f64::max)
+            (0..b.num_rows())
+                .filter(|&i| fault.value(i) == kind)
+                .map(|i| col.value(i))
+                .fold(f64::MIN, f64::max)
         };
         assert!(max_of("bearing_wear", vib) > 6.0);
         assert!(max_of("overheating", temp) > 80.0);
@@ -754,11 +986,19 @@ mod tests {
 
     #[test]
     fn dropouts_leave_gaps_and_row_count_matches_rate() {
-        let s = SimulatorSource { mean_time_between_faults: DurationSpec::parse("15m").unwrap(), rate_hz: 2.0, ..sim(30, "2h") };
+        let s = SimulatorSource {
+            mean_time_between_faults: DurationSpec::parse("15m").unwrap(),
+            rate_hz: 2.0,
+            ..sim(30, "2h")
+        };
         let b = concat(&generate(&s, 0, 1));
         let expected = 30 * 2 * 7200;
         assert!(b.num_rows() < expected, "dropouts remove rows");
-        assert!(b.num_rows() as f64 > 0.9 * expected as f64, "{} rows", b.num_rows());
+        assert!(
+            b.num_rows() as f64 > 0.9 * expected as f64,
+            "{} rows",
+            b.num_rows()
+        );
         let ts = b.column(0).as_primitive::<TimestampMillisecondType>();
         let device = b.column(1).as_string::<i32>();
         let mut last: BTreeMap<&str, i64> = BTreeMap::new();
@@ -768,7 +1008,10 @@ mod tests {
                 max_gap = max_gap.max(ts.value(i) - prev);
             }
         }
-        assert!(max_gap >= 60_000, "a dropout lasts at least a minute, max gap {max_gap} ms");
+        assert!(
+            max_gap >= 60_000,
+            "a dropout lasts at least a minute, max gap {max_gap} ms"
+        );
 
         let clean = SimulatorSource { faults: false, ..s };
         let b = concat(&generate(&clean, 0, 1));
@@ -779,7 +1022,11 @@ mod tests {
 
     #[test]
     fn realtime_pacing_follows_the_wall_clock() {
-        let s = SimulatorSource { realtime_speed: Some(100.0), faults: false, ..sim(3, "20s") };
+        let s = SimulatorSource {
+            realtime_speed: Some(100.0),
+            faults: false,
+            ..sim(3, "20s")
+        };
         let started = Instant::now();
         let out = Harness::default().run_source(&s);
         let elapsed = started.elapsed();
@@ -787,19 +1034,64 @@ mod tests {
         // 20 s of event time at 100× take about 0.2 s.
         assert!(elapsed >= Duration::from_millis(180), "{elapsed:?}");
         assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
-        assert!(out.main.len() > 5, "rows come in several batches as time passes");
+        assert!(
+            out.main.len() > 5,
+            "rows come in several batches as time passes"
+        );
     }
 
     #[test]
     fn check_reports_bad_config() {
         let bad = [
-            (SimulatorSource { devices: 0, ..Default::default() }, "devices"),
-            (SimulatorSource { rate_hz: 0.0, ..Default::default() }, "rate_hz"),
-            (SimulatorSource { rate_hz: f64::NAN, ..Default::default() }, "rate_hz"),
-            (SimulatorSource { start: "yesterday".into(), ..Default::default() }, "start"),
-            (SimulatorSource { realtime_speed: Some(-1.0), ..Default::default() }, "realtime_speed"),
-            (SimulatorSource { batch_rows: 0, ..Default::default() }, "batch_rows"),
-            (SimulatorSource { plants: 0, ..Default::default() }, "plants"),
+            (
+                SimulatorSource {
+                    devices: 0,
+                    ..Default::default()
+                },
+                "devices",
+            ),
+            (
+                SimulatorSource {
+                    rate_hz: 0.0,
+                    ..Default::default()
+                },
+                "rate_hz",
+            ),
+            (
+                SimulatorSource {
+                    rate_hz: f64::NAN,
+                    ..Default::default()
+                },
+                "rate_hz",
+            ),
+            (
+                SimulatorSource {
+                    start: "yesterday".into(),
+                    ..Default::default()
+                },
+                "start",
+            ),
+            (
+                SimulatorSource {
+                    realtime_speed: Some(-1.0),
+                    ..Default::default()
+                },
+                "realtime_speed",
+            ),
+            (
+                SimulatorSource {
+                    batch_rows: 0,
+                    ..Default::default()
+                },
+                "batch_rows",
+            ),
+            (
+                SimulatorSource {
+                    plants: 0,
+                    ..Default::default()
+                },
+                "plants",
+            ),
         ];
         for (s, key) in bad {
             assert_eq!(s.params().unwrap_err().key.as_deref(), Some(key));
@@ -811,7 +1103,10 @@ mod tests {
     #[test]
     #[ignore]
     fn simulator_throughput() {
-        let s = SimulatorSource { faults: true, ..sim(1000, "1h") };
+        let s = SimulatorSource {
+            faults: true,
+            ..sim(1000, "1h")
+        };
         let mut g = Generator::new(&s.params().unwrap(), 0, 1);
         let started = Instant::now();
         let mut rows = 0;
@@ -821,11 +1116,33 @@ mod tests {
             }
         }
         let secs = started.elapsed().as_secs_f64();
-        println!("generator: {rows} rows in {secs:.2} s = {:.1} M rows/s", rows as f64 / secs / 1e6);
+        let p = s.params().unwrap();
+        let mut devices: Vec<Device> = (0..1000).map(|i| Device::new(&p, i)).collect();
+        let t0 = Instant::now();
+        let mut acc = 0.0;
+        for tick in 0..3600 {
+            for d in devices.iter_mut() {
+                if let Some(r) = d.read(tick, 0.3, 0.7, &p) {
+                    acc += r.temperature + r.vibration + r.pressure + r.current;
+                }
+            }
+        }
+        println!(
+            "read only: {:.1} ns/row ({acc})",
+            t0.elapsed().as_secs_f64() * 1e9 / 3.6e6
+        );
+        println!(
+            "generator: {rows} rows in {secs:.2} s = {:.1} M rows/s",
+            rows as f64 / secs / 1e6
+        );
         let started = Instant::now();
-        let out = Harness::default().run_source(&SimulatorSource { duration: DurationSpec::parse("10m").unwrap(), ..s });
+        let out = Harness::default().run_source(&s);
         let secs = started.elapsed().as_secs_f64();
-        println!("source on timely: {} rows in {secs:.2} s = {:.1} M rows/s", out.main_rows(), out.main_rows() as f64 / secs / 1e6);
+        println!(
+            "source on timely: {} rows in {secs:.2} s = {:.1} M rows/s",
+            out.main_rows(),
+            out.main_rows() as f64 / secs / 1e6
+        );
     }
 
     #[test]

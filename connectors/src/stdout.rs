@@ -58,11 +58,21 @@ pub struct Printer {
 impl Printer {
     /// A printer in `format` that shows at most `max_rows` rows.
     pub fn new(format: StdoutFormat, max_rows: Option<u64>) -> Self {
-        Printer { format, max_rows, shown: 0, hidden: 0, buf: Vec::new() }
+        Printer {
+            format,
+            max_rows,
+            shown: 0,
+            hidden: 0,
+            buf: Vec::new(),
+        }
     }
 
     /// Writes the rows of `batch` that are still within the limit to `out`.
-    pub fn write_batch(&mut self, batch: &RecordBatch, out: &mut impl Write) -> std::io::Result<()> {
+    pub fn write_batch(
+        &mut self,
+        batch: &RecordBatch,
+        out: &mut impl Write,
+    ) -> std::io::Result<()> {
         let rows = batch.num_rows() as u64;
         let show = match self.max_rows {
             Some(max) => rows.min(max.saturating_sub(self.shown)),
@@ -73,7 +83,11 @@ impl Printer {
             return Ok(());
         }
         self.shown += show;
-        let part = if show == rows { batch.clone() } else { batch.slice(0, show as usize) };
+        let part = if show == rows {
+            batch.clone()
+        } else {
+            batch.slice(0, show as usize)
+        };
         self.buf.clear();
         match self.format {
             StdoutFormat::Json => {
@@ -158,13 +172,18 @@ mod tests {
     use super::*;
 
     fn batch(xs: &[i64]) -> RecordBatch {
-        let schema = schema_with_time([Field::new("x", DataType::Int64, false), Field::new("s", DataType::Utf8, false)]);
+        let schema = schema_with_time([
+            Field::new("x", DataType::Int64, false),
+            Field::new("s", DataType::Utf8, false),
+        ]);
         RecordBatch::try_new(
             schema,
             vec![
                 time_array(xs.iter().map(|x| x * 1000).collect()),
                 Arc::new(Int64Array::from(xs.to_vec())),
-                Arc::new(StringArray::from_iter_values(xs.iter().map(|x| format!("v{x}")))),
+                Arc::new(StringArray::from_iter_values(
+                    xs.iter().map(|x| format!("v{x}")),
+                )),
             ],
         )
         .unwrap()
@@ -181,7 +200,11 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 4);
-        assert!(lines[0].contains("\"x\":1") && lines[0].contains("\"s\":\"v1\""), "{}", lines[0]);
+        assert!(
+            lines[0].contains("\"x\":1") && lines[0].contains("\"s\":\"v1\""),
+            "{}",
+            lines[0]
+        );
         assert!(lines[2].contains("\"x\":3"));
         assert_eq!(lines[3], "… 3 more rows not shown");
         assert_eq!((p.shown(), p.hidden()), (3, 3));

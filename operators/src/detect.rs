@@ -89,11 +89,12 @@ fn valid_alpha(alpha: f64) -> bool {
     alpha > 0.0 && alpha <= 1.0
 }
 
-/// A fast, deterministic hasher for keys (FxHash).
+/// A fast, deterministic hasher for keys (FxHash), shared by the keyed operators.
 #[derive(Clone, Copy, Default)]
-struct FxBuild;
+pub(crate) struct FxBuild;
 
-struct FxHasher(u64);
+/// The hasher of [`FxBuild`].
+pub(crate) struct FxHasher(u64);
 
 impl FxHasher {
     #[inline]
@@ -145,9 +146,17 @@ enum KeyIndex {
     /// No key: one group.
     Global,
     /// One Utf8 key column: groups by string (NULL has its own group).
-    Str { column: String, groups: HashMap<String, u32, FxBuild>, null_group: Option<u32> },
+    Str {
+        column: String,
+        groups: HashMap<String, u32, FxBuild>,
+        null_group: Option<u32>,
+    },
     /// Any other key: groups by the row encoding of the key columns.
-    Rows { columns: Vec<String>, converter: RowConverter, groups: HashMap<Vec<u8>, u32, FxBuild> },
+    Rows {
+        columns: Vec<String>,
+        converter: RowConverter,
+        groups: HashMap<Vec<u8>, u32, FxBuild>,
+    },
 }
 
 impl KeyIndex {
@@ -155,18 +164,40 @@ impl KeyIndex {
         if key.is_empty() {
             return Ok(KeyIndex::Global);
         }
-        let fields: Vec<&Field> = key.iter().map(|k| schema.field_with_name(k)).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
-        if fields.len() == 1 && fields[0].data_type() == &DataType::Utf8 {
-            return Ok(KeyIndex::Str { column: key[0].clone(), groups: HashMap::default(), null_group: None });
-        }
-        let converter = RowConverter::new(fields.iter().map(|f| SortField::new(f.data_type().clone())).collect())
+        let fields: Vec<&Field> = key
+            .iter()
+            .map(|k| schema.field_with_name(k))
+            .collect::<Result<_, _>>()
             .map_err(|e| e.to_string())?;
-        Ok(KeyIndex::Rows { columns: key.to_vec(), converter, groups: HashMap::default() })
+        if fields.len() == 1 && fields[0].data_type() == &DataType::Utf8 {
+            return Ok(KeyIndex::Str {
+                column: key[0].clone(),
+                groups: HashMap::default(),
+                null_group: None,
+            });
+        }
+        let converter = RowConverter::new(
+            fields
+                .iter()
+                .map(|f| SortField::new(f.data_type().clone()))
+                .collect(),
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(KeyIndex::Rows {
+            columns: key.to_vec(),
+            converter,
+            groups: HashMap::default(),
+        })
     }
 
     /// Writes the group of every row of `batch` into `out`; `next` is the number of groups
     /// so far and grows with new keys.
-    fn groups(&mut self, batch: &RecordBatch, next: &mut u32, out: &mut Vec<u32>) -> Result<(), String> {
+    fn groups(
+        &mut self,
+        batch: &RecordBatch,
+        next: &mut u32,
+        out: &mut Vec<u32>,
+    ) -> Result<(), String> {
         out.clear();
         let n = batch.num_rows();
         match self {
@@ -176,9 +207,17 @@ impl KeyIndex {
                 }
                 out.resize(n, 0);
             }
-            KeyIndex::Str { column, groups, null_group } => {
-                let col = batch.column_by_name(column).ok_or_else(|| format!("missing key column `{column}`"))?;
-                let strings = col.as_string_opt::<i32>().ok_or_else(|| format!("key column `{column}` is not Utf8"))?;
+            KeyIndex::Str {
+                column,
+                groups,
+                null_group,
+            } => {
+                let col = batch
+                    .column_by_name(column)
+                    .ok_or_else(|| format!("missing key column `{column}`"))?;
+                let strings = col
+                    .as_string_opt::<i32>()
+                    .ok_or_else(|| format!("key column `{column}` is not Utf8"))?;
                 out.reserve(n);
                 for i in 0..n {
                     let g = if strings.is_null(i) {
@@ -197,12 +236,23 @@ impl KeyIndex {
                     out.push(g);
                 }
             }
-            KeyIndex::Rows { columns, converter, groups } => {
+            KeyIndex::Rows {
+                columns,
+                converter,
+                groups,
+            } => {
                 let cols: Vec<ArrayRef> = columns
                     .iter()
-                    .map(|k| batch.column_by_name(k).cloned().ok_or_else(|| format!("missing key column `{k}`")))
+                    .map(|k| {
+                        batch
+                            .column_by_name(k)
+                            .cloned()
+                            .ok_or_else(|| format!("missing key column `{k}`"))
+                    })
                     .collect::<Result<_, _>>()?;
-                let rows = converter.convert_columns(&cols).map_err(|e| e.to_string())?;
+                let rows = converter
+                    .convert_columns(&cols)
+                    .map_err(|e| e.to_string())?;
                 out.reserve(n);
                 for row in rows.iter() {
                     let bytes = row.data();
@@ -283,7 +333,13 @@ pub struct Scorer {
 
 impl Scorer {
     /// A scorer of `columns` of batches with `schema`, keyed by `key`.
-    pub fn new(key: &[String], columns: &[String], warmup_rows: u64, min_std: f64, schema: &SchemaRef) -> Result<Self, String> {
+    pub fn new(
+        key: &[String],
+        columns: &[String],
+        warmup_rows: u64,
+        min_std: f64,
+        schema: &SchemaRef,
+    ) -> Result<Self, String> {
         Ok(Scorer {
             columns: columns.to_vec(),
             warmup_rows,
@@ -301,29 +357,37 @@ impl Scorer {
     pub fn score(&mut self, batch: &RecordBatch, alpha: f64) -> Result<Float64Array, String> {
         let n = batch.num_rows();
         let n_cols = self.columns.len();
-        self.keys.groups(batch, &mut self.groups, &mut self.scratch_groups)?;
+        self.keys
+            .groups(batch, &mut self.groups, &mut self.scratch_groups)?;
         let groups = self.groups as usize;
         self.rows_seen.resize(groups, 0);
         self.stats.resize(groups * n_cols, Ewma::default());
         self.scratch_seen.clear();
-        self.scratch_seen.extend(self.scratch_groups.iter().map(|&g| {
-            let seen = &mut self.rows_seen[g as usize];
-            *seen += 1;
-            *seen - 1
-        }));
+        self.scratch_seen
+            .extend(self.scratch_groups.iter().map(|&g| {
+                let seen = &mut self.rows_seen[g as usize];
+                *seen += 1;
+                *seen - 1
+            }));
         let mut scores = vec![0.0f64; n];
         for (c, name) in self.columns.iter().enumerate() {
-            let col = batch.column_by_name(name).ok_or_else(|| format!("missing column `{name}`"))?;
+            let col = batch
+                .column_by_name(name)
+                .ok_or_else(|| format!("missing column `{name}`"))?;
             let values = if col.data_type() == &DataType::Float64 {
                 col.clone()
             } else {
-                cast(col, &DataType::Float64).map_err(|e| format!("cannot read `{name}` as numbers: {e}"))?
+                cast(col, &DataType::Float64)
+                    .map_err(|e| format!("cannot read `{name}` as numbers: {e}"))?
             };
             let values = values.as_primitive::<Float64Type>();
             let nulls = values.logical_nulls();
             let (warmup, min_std) = (self.warmup_rows, self.min_std);
-            for (i, (&x, (&g, &seen))) in
-                values.values().iter().zip(self.scratch_groups.iter().zip(&self.scratch_seen)).enumerate()
+            for (i, (&x, (&g, &seen))) in values
+                .values()
+                .iter()
+                .zip(self.scratch_groups.iter().zip(&self.scratch_seen))
+                .enumerate()
             {
                 if !x.is_finite() || nulls.as_ref().is_some_and(|nb| nb.is_null(i)) {
                     continue;
@@ -356,16 +420,29 @@ impl LiveAlpha {
             .resolve(&policy.snapshot())
             .filter(|a| valid_alpha(*a))
             .ok_or_else(|| format!("alpha {param:?} is not a number in (0, 1]"))?;
-        Ok(LiveAlpha { version: policy.version(), param, policy, value })
+        Ok(LiveAlpha {
+            version: policy.version(),
+            param,
+            policy,
+            value,
+        })
     }
 
     fn current(&mut self, component: &str) -> f64 {
         let version = self.policy.version();
         if version != self.version {
             self.version = version;
-            match self.param.resolve(&self.policy.snapshot()).filter(|a| valid_alpha(*a)) {
+            match self
+                .param
+                .resolve(&self.policy.snapshot())
+                .filter(|a| valid_alpha(*a))
+            {
                 Some(a) => self.value = a,
-                None => tracing::warn!(component, "policy change gives alpha no number in (0, 1]; keeping {}", self.value),
+                None => tracing::warn!(
+                    component,
+                    "policy change gives alpha no number in (0, 1]; keeping {}",
+                    self.value
+                ),
             }
         }
         self.value
@@ -381,34 +458,54 @@ impl Detect {
 }
 
 impl Transform for Detect {
-    fn schemas(&self, input: &SchemaRef, cx: &CheckContext<'_>) -> Result<Outputs<SchemaRef>, Problem> {
+    fn schemas(
+        &self,
+        input: &SchemaRef,
+        cx: &CheckContext<'_>,
+    ) -> Result<Outputs<SchemaRef>, Problem> {
         require_columns("key", &self.key, input)?;
         if self.columns.is_empty() {
-            return Err(Problem::at("columns", "no column to score").with_help("list numeric columns, for example [\"temperature\"]"));
+            return Err(Problem::at("columns", "no column to score")
+                .with_help("list numeric columns, for example [\"temperature\"]"));
         }
         require_columns("columns", &self.columns, input)?;
         for c in &self.columns {
             let (_, f) = input.column_with_name(c).expect("checked above");
             if !f.data_type().is_numeric() {
-                return Err(Problem::at("columns", format!("`{c}` is {}, not a number", f.data_type()))
-                    .with_help("score numeric columns only"));
+                return Err(Problem::at(
+                    "columns",
+                    format!("`{c}` is {}, not a number", f.data_type()),
+                )
+                .with_help("score numeric columns only"));
             }
         }
         match &self.alpha {
             Param::Literal(a) if !valid_alpha(*a) => {
-                return Err(Problem::at("alpha", format!("alpha must be in (0, 1], not {a}")).with_help("for example 0.05"));
+                return Err(
+                    Problem::at("alpha", format!("alpha must be in (0, 1], not {a}"))
+                        .with_help("for example 0.05"),
+                );
             }
             Param::Policy(name) => match cx.policy.get(name).and_then(|v| v.as_f64()) {
                 Some(a) if valid_alpha(a) => {}
                 _ => {
-                    return Err(Problem::at("alpha", format!("policy `{name}` must be a number in (0, 1]"))
-                        .with_help(format!("declare `{name} = 0.05` under [policy.tunables]")));
+                    return Err(Problem::at(
+                        "alpha",
+                        format!("policy `{name}` must be a number in (0, 1]"),
+                    )
+                    .with_help(format!("declare `{name} = 0.05` under [policy.tunables]")));
                 }
             },
             Param::Literal(_) => {}
         }
         if !(self.min_std.is_finite() && self.min_std >= 0.0) {
-            return Err(Problem::at("min_std", format!("min_std must be a non-negative number, not {}", self.min_std)));
+            return Err(Problem::at(
+                "min_std",
+                format!(
+                    "min_std must be a non-negative number, not {}",
+                    self.min_std
+                ),
+            ));
         }
         if input.column_with_name(SCORE_COLUMN).is_some() {
             return Err(Problem::general("the input already has a column `score`")
@@ -417,11 +514,26 @@ impl Transform for Detect {
         Ok(Outputs::main(self.output_schema(input)))
     }
 
-    fn build<'s>(&self, input: BatchStream<'s>, cx: &BuildContext<'s>) -> Result<Outputs<BatchStream<'s>>, EngineError> {
-        let schema = cx.input_schema.clone().ok_or_else(|| cx.error("detect has no input schema"))?;
+    fn build<'s>(
+        &self,
+        input: BatchStream<'s>,
+        cx: &BuildContext<'s>,
+    ) -> Result<Outputs<BatchStream<'s>>, EngineError> {
+        let schema = cx
+            .input_schema
+            .clone()
+            .ok_or_else(|| cx.error("detect has no input schema"))?;
         let out_schema = self.output_schema(&schema);
-        let mut scorer = Scorer::new(&self.key, &self.columns, self.warmup_rows, self.min_std, &schema).map_err(|e| cx.error(e))?;
-        let mut alpha = LiveAlpha::new(self.alpha.clone(), cx.policy.clone()).map_err(|e| cx.error(e))?;
+        let mut scorer = Scorer::new(
+            &self.key,
+            &self.columns,
+            self.warmup_rows,
+            self.min_std,
+            &schema,
+        )
+        .map_err(|e| cx.error(e))?;
+        let mut alpha =
+            LiveAlpha::new(self.alpha.clone(), cx.policy.clone()).map_err(|e| cx.error(e))?;
         let name = cx.name.clone();
         let input = ops::exchange_by_key(input, self.key.clone());
         let output = input.unary::<CapacityContainerBuilder<Vec<Batch>>, _, _, _>(Pipeline, "Detect", move |_, _| {
@@ -479,9 +591,15 @@ mod tests {
             schema(),
             vec![
                 time_array(rows.iter().map(|r| r.0).collect()),
-                Arc::new(StringArray::from(rows.iter().map(|r| Some(r.1)).collect::<Vec<_>>())),
-                Arc::new(Float64Array::from(rows.iter().map(|r| r.2).collect::<Vec<_>>())),
-                Arc::new(Int64Array::from(rows.iter().map(|r| r.3).collect::<Vec<_>>())),
+                Arc::new(StringArray::from(
+                    rows.iter().map(|r| Some(r.1)).collect::<Vec<_>>(),
+                )),
+                Arc::new(Float64Array::from(
+                    rows.iter().map(|r| r.2).collect::<Vec<_>>(),
+                )),
+                Arc::new(Int64Array::from(
+                    rows.iter().map(|r| r.3).collect::<Vec<_>>(),
+                )),
             ],
         )
         .unwrap()
@@ -497,6 +615,16 @@ mod tests {
         }
     }
 
+    fn assert_close(got: &[f64], expected: &[f64]) {
+        assert_eq!(got.len(), expected.len(), "{got:?}");
+        for (g, e) in got.iter().zip(expected) {
+            assert!(
+                (g - e).abs() <= 1e-9 * e.abs().max(1.0),
+                "{got:?} != {expected:?}"
+            );
+        }
+    }
+
     fn scorer(d: &Detect) -> Scorer {
         Scorer::new(&d.key, &d.columns, d.warmup_rows, d.min_std, &schema()).unwrap()
     }
@@ -504,10 +632,16 @@ mod tests {
     #[test]
     fn follows_the_formula() {
         let mut s = scorer(&detect(&[], 1));
-        let b = batch(&[(0, "a", Some(1.0), None), (1, "a", Some(3.0), None), (2, "a", Some(2.0), None), (3, "a", Some(4.0), None)]);
+        let b = batch(&[
+            (0, "a", Some(1.0), None),
+            (1, "a", Some(3.0), None),
+            (2, "a", Some(2.0), None),
+            (3, "a", Some(4.0), None),
+        ]);
         let scores = s.score(&b, 0.5).unwrap();
-        // Row 0: warm-up. Row 1: |3-1| / max(0, 0.001*1). Then mean 2, var 1.
-        assert_eq!(scores.values().to_vec(), vec![0.0, 2000.0, 0.0, 2.0]);
+        // Row 0: warm-up. Row 1: |3-1| / max(0, 0.001*1); then mean 2, var 1. Row 2: 0;
+        // then var 0.5. Row 3: |4-2| / sqrt(0.5).
+        assert_close(scores.values(), &[0.0, 2000.0, 0.0, 2.0 / 0.5f64.sqrt()]);
         // Ints are scored too; a row with no valid value scores 0.
         let b = batch(&[(4, "a", None, Some(7)), (5, "a", None, None)]);
         assert_eq!(s.score(&b, 0.5).unwrap().values().to_vec(), vec![0.0, 0.0]);
@@ -548,12 +682,21 @@ mod tests {
         let d = detect(&["device"], 5);
         let mut s = scorer(&d);
         let rows: Vec<_> = (0..100)
-            .map(|i| if i % 2 == 0 { (i, "small", Some(10.0 + (i % 4) as f64 * 0.1), Some(1)) } else { (i, "big", Some(1000.0 + (i % 3) as f64), Some(1)) })
+            .map(|i| {
+                if i % 2 == 0 {
+                    (i, "small", Some(10.0 + (i % 4) as f64 * 0.1), Some(1))
+                } else {
+                    (i, "big", Some(1000.0 + (i % 3) as f64), Some(1))
+                }
+            })
             .collect();
         let scores = s.score(&batch(&rows), 0.1).unwrap();
         assert!(scores.values().iter().all(|z| *z < 5.0), "{scores:?}");
         // A multi-column key (row encoding) groups the same way.
-        let d2 = Detect { key: vec!["device".into(), "level".into()], ..d };
+        let d2 = Detect {
+            key: vec!["device".into(), "level".into()],
+            ..d
+        };
         let mut s2 = scorer(&d2);
         assert_eq!(s2.score(&batch(&rows), 0.1).unwrap(), scores);
     }
@@ -566,7 +709,13 @@ mod tests {
         ));
         let mut live = LiveAlpha::new(Param::Policy("alpha".into()), policy.clone()).unwrap();
         assert_eq!(live.current("t"), 0.5);
-        let change = |v: f64| PolicyChange { name: "alpha".into(), scope: None, value: PolicyValue::Float(v), diff: 1, version: 2 };
+        let change = |v: f64| PolicyChange {
+            name: "alpha".into(),
+            scope: None,
+            value: PolicyValue::Float(v),
+            diff: 1,
+            version: 2,
+        };
         policy.apply(&[change(0.25)]);
         assert_eq!(live.current("t"), 0.25);
         policy.apply(&[change(7.0)]);
@@ -574,31 +723,82 @@ mod tests {
 
         // End to end: alpha 0.5 from the policy gives the hand-computed scores.
         policy.apply(&[change(0.5)]);
-        let d = Detect { alpha: Param::Policy("alpha".into()), ..detect(&[], 1) };
-        let b = batch(&[(0, "a", Some(1.0), None), (1, "a", Some(3.0), None), (2, "a", Some(2.0), None), (3, "a", Some(4.0), None)]);
+        let d = Detect {
+            alpha: Param::Policy("alpha".into()),
+            ..detect(&[], 1)
+        };
+        let b = batch(&[
+            (0, "a", Some(1.0), None),
+            (1, "a", Some(3.0), None),
+            (2, "a", Some(2.0), None),
+            (3, "a", Some(4.0), None),
+        ]);
         let out = run(Arc::new(d), schema(), vec![(0, b)], 1, policy);
-        let scores: Vec<f64> = out.main.iter().flat_map(|(_, b)| b.column(3).as_primitive::<Float64Type>().values().to_vec()).collect();
-        assert_eq!(scores, vec![0.0, 2000.0, 0.0, 2.0]);
+        let scores: Vec<f64> = out
+            .main
+            .iter()
+            .flat_map(|(_, b)| b.column(4).as_primitive::<Float64Type>().values().to_vec())
+            .collect();
+        assert_close(&scores, &[0.0, 2000.0, 0.0, 2.0 / 0.5f64.sqrt()]);
     }
 
     #[test]
     fn check_problems() {
-        let node = NodeSpec { id: "n".into(), role: Role::Standalone };
-        let snapshot = PolicyStore::new(BTreeMap::from([("a".to_string(), PolicyValue::Str("x".into()))]), BTreeSet::new()).snapshot();
+        let node = NodeSpec {
+            id: "n".into(),
+            role: Role::Standalone,
+        };
+        let snapshot = PolicyStore::new(
+            BTreeMap::from([("a".to_string(), PolicyValue::Str("x".into()))]),
+            BTreeSet::new(),
+        )
+        .snapshot();
         let channels = BTreeMap::new();
-        let cx = CheckContext { node: &node, policy: &snapshot, base_dir: std::path::Path::new("."), channels: &channels };
+        let cx = CheckContext {
+            node: &node,
+            policy: &snapshot,
+            base_dir: std::path::Path::new("."),
+            channels: &channels,
+        };
         let ok = detect(&["device"], 3).schemas(&schema(), &cx).unwrap();
         assert_eq!(ok.main.field(4).name(), "score");
-        let e = Detect { columns: vec!["temprature".into()], ..detect(&[], 3) }.schemas(&schema(), &cx).err().expect("a problem");
+        let e = Detect {
+            columns: vec!["temprature".into()],
+            ..detect(&[], 3)
+        }
+        .schemas(&schema(), &cx)
+        .err()
+        .expect("a problem");
         assert_eq!(e.key.as_deref(), Some("columns"));
         assert!(e.help.unwrap().contains("did you mean `temperature`"));
-        let e = detect(&["devices"], 3).schemas(&schema(), &cx).err().expect("a problem");
+        let e = detect(&["devices"], 3)
+            .schemas(&schema(), &cx)
+            .err()
+            .expect("a problem");
         assert_eq!(e.key.as_deref(), Some("key"));
-        let e = Detect { columns: vec!["device".into()], ..detect(&[], 3) }.schemas(&schema(), &cx).err().expect("a problem");
+        let e = Detect {
+            columns: vec!["device".into()],
+            ..detect(&[], 3)
+        }
+        .schemas(&schema(), &cx)
+        .err()
+        .expect("a problem");
         assert!(e.message.contains("not a number"));
-        let e = Detect { alpha: Param::Literal(1.5), ..detect(&[], 3) }.schemas(&schema(), &cx).err().expect("a problem");
+        let e = Detect {
+            alpha: Param::Literal(1.5),
+            ..detect(&[], 3)
+        }
+        .schemas(&schema(), &cx)
+        .err()
+        .expect("a problem");
         assert_eq!(e.key.as_deref(), Some("alpha"));
-        let e = Detect { alpha: Param::Policy("a".into()), ..detect(&[], 3) }.schemas(&schema(), &cx).err().expect("a problem");
+        let e = Detect {
+            alpha: Param::Policy("a".into()),
+            ..detect(&[], 3)
+        }
+        .schemas(&schema(), &cx)
+        .err()
+        .expect("a problem");
         assert_eq!(e.key.as_deref(), Some("alpha"));
     }
 
@@ -613,7 +813,9 @@ mod tests {
                 .map(|_| {
                     ts += 1;
                     let d = rng.below(devices.len() as u64) as usize;
-                    let temp = (d as f64) * 10.0 + rng.below(100) as f64 / 10.0 + if rng.below(50) == 0 { 40.0 } else { 0.0 };
+                    let temp = (d as f64) * 10.0
+                        + rng.below(100) as f64 / 10.0
+                        + if rng.below(50) == 0 { 40.0 } else { 0.0 };
                     (ts, devices[d], Some(temp), Some(rng.below(5) as i64))
                 })
                 .collect();
@@ -622,11 +824,19 @@ mod tests {
         let d = Arc::new(detect(&["device"], 10));
         let mut results = Vec::new();
         for workers in [1, 2] {
-            let out = run(d.clone(), schema(), input.clone(), workers, Arc::new(PolicyStore::new(Default::default(), Default::default())));
+            let out = run(
+                d.clone(),
+                schema(),
+                input.clone(),
+                workers,
+                Arc::new(PolicyStore::new(Default::default(), Default::default())),
+            );
             let mut rows: Vec<(i64, u64)> = Vec::new();
             for (_, b) in &out.main {
-                let ts = b.column(0).as_primitive::<arrow::datatypes::TimestampMillisecondType>();
-                let score = b.column(3).as_primitive::<Float64Type>();
+                let ts = b
+                    .column(0)
+                    .as_primitive::<arrow::datatypes::TimestampMillisecondType>();
+                let score = b.column(4).as_primitive::<Float64Type>();
                 rows.extend((0..b.num_rows()).map(|i| (ts.value(i), score.value(i).to_bits())));
             }
             rows.sort();

@@ -27,8 +27,12 @@ impl CompiledExpr {
     pub fn compile(sql: &str, schema: &SchemaRef) -> Result<Self, String> {
         let ctx = SessionContext::new();
         let df_schema = DFSchema::try_from(schema.as_ref().clone()).map_err(|e| e.to_string())?;
-        let logical = ctx.parse_sql_expr(sql, &df_schema).map_err(|e| clean(e.to_string()))?;
-        let expr = ctx.create_physical_expr(logical, &df_schema).map_err(|e| clean(e.to_string()))?;
+        let logical = ctx
+            .parse_sql_expr(sql, &df_schema)
+            .map_err(|e| clean(e.to_string()))?;
+        let expr = ctx
+            .create_physical_expr(logical, &df_schema)
+            .map_err(|e| clean(e.to_string()))?;
         let data_type = expr.data_type(schema).map_err(|e| clean(e.to_string()))?;
         Ok(CompiledExpr { expr, data_type })
     }
@@ -88,10 +92,20 @@ pub struct LiveExpr {
 
 impl LiveExpr {
     /// Compiles `template` with the policy as it is now.
-    pub fn new(template: &str, schema: SchemaRef, policy: Arc<PolicyStore>) -> Result<Self, String> {
+    pub fn new(
+        template: &str,
+        schema: SchemaRef,
+        policy: Arc<PolicyStore>,
+    ) -> Result<Self, String> {
         let version = policy.version();
         let current = compile_template(template, &schema, &policy.snapshot())?;
-        Ok(LiveExpr { template: template.to_string(), schema, policy, version, current })
+        Ok(LiveExpr {
+            template: template.to_string(),
+            schema,
+            policy,
+            version,
+            current,
+        })
     }
 
     /// The expression under the current policy (recompiled if the policy changed). If the
@@ -109,7 +123,11 @@ impl LiveExpr {
 }
 
 /// Substitutes the policy into `template` and compiles it.
-pub fn compile_template(template: &str, schema: &SchemaRef, policy: &PolicySnapshot) -> Result<CompiledExpr, String> {
+pub fn compile_template(
+    template: &str,
+    schema: &SchemaRef,
+    policy: &PolicySnapshot,
+) -> Result<CompiledExpr, String> {
     let sql = policy.substitute_sql(template)?;
     CompiledExpr::compile(&sql, schema)
 }

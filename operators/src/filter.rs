@@ -41,7 +41,13 @@ pub struct Filter {
 
 /// The problem with the SQL template at `key`: a missing column (with close names), or
 /// DataFusion's own message.
-pub(crate) fn expr_problem(key: &str, template: &str, schema: &SchemaRef, policy: &PolicySnapshot, err: &str) -> Problem {
+pub(crate) fn expr_problem(
+    key: &str,
+    template: &str,
+    schema: &SchemaRef,
+    policy: &PolicySnapshot,
+    err: &str,
+) -> Problem {
     if let Ok(sql) = policy.substitute_sql(template)
         && let Some(column) = missing_column(&sql, schema)
     {
@@ -53,7 +59,11 @@ pub(crate) fn expr_problem(key: &str, template: &str, schema: &SchemaRef, policy
 /// A problem for a column that the input lacks, with a help listing close names.
 pub(crate) fn missing_column_problem(key: &str, column: &str, schema: &SchemaRef) -> Problem {
     let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-    let list = names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ");
+    let list = names
+        .iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
     let help = match suggest(column, names.iter().copied()) {
         Some(close) => format!("did you mean `{close}`? input columns: {list}"),
         None => format!("input columns: {list}"),
@@ -76,37 +86,59 @@ pub(crate) fn require_columns<'a>(
 }
 
 /// Keeps the rows of `batch` where `predicate` is true (None when no row is kept).
-pub fn apply_predicate(predicate: &CompiledExpr, batch: &RecordBatch) -> Result<Option<RecordBatch>, String> {
+pub fn apply_predicate(
+    predicate: &CompiledExpr,
+    batch: &RecordBatch,
+) -> Result<Option<RecordBatch>, String> {
     let values = predicate.evaluate(batch)?;
-    let mask = values
-        .as_boolean_opt()
-        .ok_or_else(|| format!("the predicate yields {} values, not booleans", values.data_type()))?;
+    let mask = values.as_boolean_opt().ok_or_else(|| {
+        format!(
+            "the predicate yields {} values, not booleans",
+            values.data_type()
+        )
+    })?;
     let kept = mask.true_count();
     if kept == 0 {
         Ok(None)
     } else if kept == batch.num_rows() && mask.null_count() == 0 {
         Ok(Some(batch.clone()))
     } else {
-        filter_record_batch(batch, mask).map(Some).map_err(|e| format!("cannot filter the batch: {e}"))
+        filter_record_batch(batch, mask)
+            .map(Some)
+            .map_err(|e| format!("cannot filter the batch: {e}"))
     }
 }
 
 impl Transform for Filter {
-    fn schemas(&self, input: &SchemaRef, cx: &CheckContext<'_>) -> Result<Outputs<SchemaRef>, Problem> {
+    fn schemas(
+        &self,
+        input: &SchemaRef,
+        cx: &CheckContext<'_>,
+    ) -> Result<Outputs<SchemaRef>, Problem> {
         let compiled = compile_template(&self.predicate, input, cx.policy)
             .map_err(|e| expr_problem("predicate", &self.predicate, input, cx.policy, &e))?;
         if compiled.data_type != DataType::Boolean {
             return Err(Problem::at(
                 "predicate",
-                format!("the predicate yields {} values, not booleans", compiled.data_type),
+                format!(
+                    "the predicate yields {} values, not booleans",
+                    compiled.data_type
+                ),
             )
             .with_help("write a condition, for example `temperature > 80.0`"));
         }
         Ok(Outputs::main(input.clone()).with_side(ops::DEAD_LETTER, ops::dead_letter_schema()))
     }
 
-    fn build<'s>(&self, input: BatchStream<'s>, cx: &BuildContext<'s>) -> Result<Outputs<BatchStream<'s>>, EngineError> {
-        let schema = cx.input_schema.clone().ok_or_else(|| cx.error("filter has no input schema"))?;
+    fn build<'s>(
+        &self,
+        input: BatchStream<'s>,
+        cx: &BuildContext<'s>,
+    ) -> Result<Outputs<BatchStream<'s>>, EngineError> {
+        let schema = cx
+            .input_schema
+            .clone()
+            .ok_or_else(|| cx.error("filter has no input schema"))?;
         let mut live = LiveExpr::new(&self.predicate, schema, cx.policy.clone())
             .map_err(|e| cx.error(format!("predicate `{}`: {e}", self.predicate)))?;
         let metrics = cx.metrics.clone();
@@ -115,7 +147,9 @@ impl Transform for Filter {
             if let Err(e) = live.current() {
                 tracing::warn!(component = %name, "policy change makes the predicate invalid, keeping the previous one: {e}");
             }
-            let result = live.current().and_then(|predicate| apply_predicate(predicate, &batch.data));
+            let result = live
+                .current()
+                .and_then(|predicate| apply_predicate(predicate, &batch.data));
             if result.is_err() {
                 ComponentMetrics::add(&metrics.dead_letters, batch.num_rows() as u64);
             }
@@ -165,25 +199,48 @@ mod tests {
     }
 
     fn check(f: &Filter, policy: &PolicyStore) -> Result<SchemaRef, Problem> {
-        let node = NodeSpec { id: "n".into(), role: Role::Standalone };
+        let node = NodeSpec {
+            id: "n".into(),
+            role: Role::Standalone,
+        };
         let snapshot = policy.snapshot();
         let channels = BTreeMap::new();
-        let cx = CheckContext { node: &node, policy: &snapshot, base_dir: std::path::Path::new("."), channels: &channels };
+        let cx = CheckContext {
+            node: &node,
+            policy: &snapshot,
+            base_dir: std::path::Path::new("."),
+            channels: &channels,
+        };
         f.schemas(&schema(), &cx).map(|o| o.main)
     }
 
     fn temps(out: &[(u64, RecordBatch)]) -> Vec<f64> {
         out.iter()
-            .flat_map(|(_, b)| b.column_by_name("temperature").unwrap().as_primitive::<arrow::datatypes::Float64Type>().values().to_vec())
+            .flat_map(|(_, b)| {
+                b.column_by_name("temperature")
+                    .unwrap()
+                    .as_primitive::<arrow::datatypes::Float64Type>()
+                    .values()
+                    .to_vec()
+            })
             .collect()
     }
 
     #[test]
     fn keeps_true_rows_and_drops_false_and_null() {
-        let f = Filter { predicate: "temperature > 50".into() };
+        let f = Filter {
+            predicate: "temperature > 50".into(),
+        };
         let h = Harness::default();
         let input = vec![
-            (0, batch(&[0, 1, 2, 3], &["a", "a", "b", "b"], &[Some(10.0), Some(60.0), None, Some(70.0)])),
+            (
+                0,
+                batch(
+                    &[0, 1, 2, 3],
+                    &["a", "a", "b", "b"],
+                    &[Some(10.0), Some(60.0), None, Some(70.0)],
+                ),
+            ),
             (5, batch(&[5], &["a"], &[Some(1.0)])),
             (6, batch(&[6, 7], &["a", "b"], &[Some(99.0), Some(98.0)])),
         ];
@@ -197,42 +254,103 @@ mod tests {
 
     #[test]
     fn policy_changes_apply_from_the_next_batch_with_scopes() {
-        let f = Filter { predicate: "temperature > ${policy.threshold}".into() };
-        let h = Harness { policy: Arc::new(policy(50.0)), ..Harness::default() };
+        let f = Filter {
+            predicate: "temperature > ${policy.threshold}".into(),
+        };
+        let h = Harness {
+            policy: Arc::new(policy(50.0)),
+            ..Harness::default()
+        };
         let store = h.policy.clone();
-        let out = h.run_transform(&f, schema(), vec![(0, batch(&[0, 1], &["a", "b"], &[Some(40.0), Some(60.0)]))]);
+        let out = h.run_transform(
+            &f,
+            schema(),
+            vec![(0, batch(&[0, 1], &["a", "b"], &[Some(40.0), Some(60.0)]))],
+        );
         assert_eq!(temps(&out.main), vec![60.0]);
         store.apply(&[PolicyChange {
             name: "threshold".into(),
-            scope: Some(PolicyScope { key: "line".into(), value: "a".into() }),
+            scope: Some(PolicyScope {
+                key: "line".into(),
+                value: "a".into(),
+            }),
             value: PolicyValue::Float(30.0),
             diff: 1,
             version: 1,
         }]);
-        let out = h.run_transform(&f, schema(), vec![(0, batch(&[0, 1, 2], &["a", "b", "b"], &[Some(40.0), Some(45.0), Some(60.0)]))]);
+        let out = h.run_transform(
+            &f,
+            schema(),
+            vec![(
+                0,
+                batch(
+                    &[0, 1, 2],
+                    &["a", "b", "b"],
+                    &[Some(40.0), Some(45.0), Some(60.0)],
+                ),
+            )],
+        );
         assert_eq!(temps(&out.main), vec![40.0, 60.0]);
     }
 
     #[test]
     fn check_reports_bad_predicates() {
         let p = policy(50.0);
-        assert!(check(&Filter { predicate: "temperature > ${policy.threshold}".into() }, &p).is_ok());
-        let e = check(&Filter { predicate: "temprature > 3".into() }, &p).unwrap_err();
+        assert!(
+            check(
+                &Filter {
+                    predicate: "temperature > ${policy.threshold}".into()
+                },
+                &p
+            )
+            .is_ok()
+        );
+        let e = check(
+            &Filter {
+                predicate: "temprature > 3".into(),
+            },
+            &p,
+        )
+        .unwrap_err();
         assert_eq!(e.key.as_deref(), Some("predicate"));
         assert!(e.message.contains("temprature"), "{e:?}");
-        assert!(e.help.as_deref().unwrap().contains("did you mean `temperature`"), "{e:?}");
-        let e = check(&Filter { predicate: "temperature + 1".into() }, &p).unwrap_err();
+        assert!(
+            e.help
+                .as_deref()
+                .unwrap()
+                .contains("did you mean `temperature`"),
+            "{e:?}"
+        );
+        let e = check(
+            &Filter {
+                predicate: "temperature + 1".into(),
+            },
+            &p,
+        )
+        .unwrap_err();
         assert!(e.message.contains("not booleans"), "{e:?}");
-        let e = check(&Filter { predicate: "temperature >".into() }, &p).unwrap_err();
+        let e = check(
+            &Filter {
+                predicate: "temperature >".into(),
+            },
+            &p,
+        )
+        .unwrap_err();
         assert_eq!(e.key.as_deref(), Some("predicate"));
     }
 
     #[test]
     fn runtime_errors_go_to_dead_letter() {
         // Casting a non-numeric string fails at run time only.
-        let f = Filter { predicate: "CAST(line AS INT) > 1".into() };
+        let f = Filter {
+            predicate: "CAST(line AS INT) > 1".into(),
+        };
         let h = Harness::default();
-        let out = h.run_transform(&f, schema(), vec![(0, batch(&[0, 1], &["x", "2"], &[Some(1.0), Some(2.0)]))]);
+        let out = h.run_transform(
+            &f,
+            schema(),
+            vec![(0, batch(&[0, 1], &["x", "2"], &[Some(1.0), Some(2.0)]))],
+        );
         assert_eq!(out.main_rows(), 0);
         assert_eq!(out.side_rows(ops::DEAD_LETTER), 2);
         assert_eq!(ComponentMetrics::get(&h.metrics.dead_letters), 2);
@@ -246,5 +364,48 @@ mod tests {
         t.remove("inputs");
         let f: Filter = t.try_into().unwrap();
         assert_eq!(f.predicate, "temperature > 80.0 AND fault = false");
+    }
+}
+
+#[cfg(test)]
+mod perf {
+    use std::sync::Arc;
+
+    use arrow::array::{ArrayRef, BooleanArray, Float64Array, StringArray};
+    use arrow::datatypes::Field;
+    use isthmus_engine::batch::{schema_with_time, time_array};
+
+    use super::*;
+
+    /// Rough throughput of one predicate evaluation + filter (run with --ignored --nocapture).
+    #[test]
+    #[ignore]
+    fn predicate_throughput() {
+        let n = 4096;
+        let schema = schema_with_time([
+            Field::new("device", DataType::Utf8, false),
+            Field::new("temperature", DataType::Float64, false),
+            Field::new("vibration", DataType::Float64, false),
+            Field::new("fault", DataType::Boolean, false),
+        ]);
+        let cols: Vec<ArrayRef> = vec![
+            time_array((0..n as i64).collect()),
+            Arc::new(StringArray::from_iter_values((0..n).map(|i| format!("d{}", i % 100)))),
+            Arc::new(Float64Array::from_iter_values((0..n).map(|i| 60.0 + (i % 20) as f64))),
+            Arc::new(Float64Array::from_iter_values((0..n).map(|i| (i % 7) as f64))),
+            Arc::new(BooleanArray::from(vec![false; n])),
+        ];
+        let batch = RecordBatch::try_new(schema.clone(), cols).unwrap();
+        let store = Arc::new(isthmus_engine::policy::PolicyStore::new(Default::default(), Default::default()));
+        let mut live = LiveExpr::new("temperature > 70.0", schema, store).unwrap();
+        let rounds = 2000;
+        let started = std::time::Instant::now();
+        let mut kept = 0;
+        for _ in 0..rounds {
+            let p = live.current().unwrap();
+            kept += apply_predicate(p, &batch).unwrap().map(|b| b.num_rows()).unwrap_or(0);
+        }
+        let secs = started.elapsed().as_secs_f64();
+        println!("{:.1} M rows/s (kept {kept})", (rounds * n) as f64 / secs / 1e6);
     }
 }

@@ -19,12 +19,15 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, Int64Array, RecordBatch, StringArray, StringBuilder, TimestampMillisecondArray, UInt32Array,
+    Array, ArrayRef, Int64Array, RecordBatch, StringArray, StringBuilder,
+    TimestampMillisecondArray, UInt32Array,
 };
 use arrow::compute::{can_cast_types, cast, take_record_batch};
 use arrow::datatypes::{DataType, Field, SchemaRef};
 use differential_dataflow::AsCollection;
-use isthmus_engine::batch::{Batch, BatchStream, TIME_COLUMN, Time, schema_with_time, time_array, time_type};
+use isthmus_engine::batch::{
+    Batch, BatchStream, TIME_COLUMN, Time, schema_with_time, time_array, time_type,
+};
 use isthmus_engine::ops::{self, DeadLetters};
 use isthmus_engine::telemetry::ComponentMetrics;
 use isthmus_engine::units::DurationSpec;
@@ -102,7 +105,11 @@ type CountUpdate = ((Vec<String>, isize), Time, isize);
 impl Fleet {
     /// The output schema: `ts`, the group columns (Utf8), `anomalous_devices`, `diff`.
     pub fn output_schema(&self) -> SchemaRef {
-        let mut fields: Vec<Field> = self.group_by.iter().map(|g| Field::new(g, DataType::Utf8, false)).collect();
+        let mut fields: Vec<Field> = self
+            .group_by
+            .iter()
+            .map(|g| Field::new(g, DataType::Utf8, false))
+            .collect();
         fields.push(Field::new(ANOMALOUS_DEVICES, DataType::Int64, false));
         fields.push(Field::new(DIFF, DataType::Int64, false));
         schema_with_time(fields)
@@ -122,13 +129,17 @@ impl Fleet {
             }
         }
         let text_column = |key: &str, name: &str| -> Result<(), Problem> {
-            let field = input
-                .field_with_name(name)
-                .map_err(|_| Problem::at(key, format!("the input has no column `{name}`")).with_help(available()))?;
-            if !can_cast_types(field.data_type(), &DataType::Utf8) {
+            let field = input.field_with_name(name).map_err(|_| {
+                Problem::at(key, format!("the input has no column `{name}`")).with_help(available())
+            })?;
+            if field.data_type().is_nested() || !can_cast_types(field.data_type(), &DataType::Utf8)
+            {
                 return Err(Problem::at(
                     key,
-                    format!("column `{name}` has type {} which cannot be converted to text", field.data_type()),
+                    format!(
+                        "column `{name}` has type {} which cannot be converted to text",
+                        field.data_type()
+                    ),
                 ));
             }
             Ok(())
@@ -137,21 +148,32 @@ impl Fleet {
         for (i, g) in self.group_by.iter().enumerate() {
             text_column("group_by", g)?;
             if self.group_by[..i].contains(g) {
-                return Err(Problem::at("group_by", format!("column `{g}` is listed twice")));
+                return Err(Problem::at(
+                    "group_by",
+                    format!("column `{g}` is listed twice"),
+                ));
             }
             if *g == self.device {
-                return Err(Problem::at("group_by", format!("`{g}` is the device column; it cannot also be a group column"))
-                    .with_help("devices are counted per group; group by plant, line or another attribute"));
+                return Err(Problem::at(
+                    "group_by",
+                    format!("`{g}` is the device column; it cannot also be a group column"),
+                )
+                .with_help(
+                    "devices are counted per group; group by plant, line or another attribute",
+                ));
             }
             if g == TIME_COLUMN || g == ANOMALOUS_DEVICES || g == DIFF {
                 return Err(Problem::at(
                     "group_by",
-                    format!("`{g}` cannot be a group column: the output already has a column of that name"),
+                    format!(
+                        "`{g}` cannot be a group column: the output already has a column of that name"
+                    ),
                 ));
             }
         }
         if self.anomalous_for.as_millis() == 0 {
-            return Err(Problem::at("anomalous_for", "must be longer than 0ms").with_help("for example \"60s\""));
+            return Err(Problem::at("anomalous_for", "must be longer than 0ms")
+                .with_help("for example \"60s\""));
         }
         Ok(())
     }
@@ -175,7 +197,13 @@ struct Reports {
 }
 
 impl Reports {
-    fn convert(&self, batch: &RecordBatch, msg_time: Time, out: &mut Vec<DeviceUpdate>, dead: &mut DeadLetters) {
+    fn convert(
+        &self,
+        batch: &RecordBatch,
+        msg_time: Time,
+        out: &mut Vec<DeviceUpdate>,
+        dead: &mut DeadLetters,
+    ) {
         let n = batch.num_rows();
         if n == 0 {
             return;
@@ -184,7 +212,9 @@ impl Reports {
             let times = batch
                 .column_by_name(TIME_COLUMN)
                 .and_then(|c| c.as_any().downcast_ref::<TimestampMillisecondArray>())
-                .ok_or_else(|| format!("batch lacks a `{TIME_COLUMN}` column of type Timestamp(Millisecond)"))?
+                .ok_or_else(|| {
+                    format!("batch lacks a `{TIME_COLUMN}` column of type Timestamp(Millisecond)")
+                })?
                 .clone();
             let column = |name: &str| {
                 batch
@@ -193,7 +223,11 @@ impl Reports {
                     .and_then(to_text)
             };
             let device = column(&self.device)?;
-            let groups = self.group_by.iter().map(|g| column(g)).collect::<Result<Vec<_>, _>>()?;
+            let groups = self
+                .group_by
+                .iter()
+                .map(|g| column(g))
+                .collect::<Result<Vec<_>, _>>()?;
             Ok((times, device, groups))
         })();
         let (times, device, groups) = match columns {
@@ -203,9 +237,18 @@ impl Reports {
                 return;
             }
         };
-        let device = device.as_any().downcast_ref::<StringArray>().expect("cast to Utf8");
-        let groups: Vec<&StringArray> =
-            groups.iter().map(|g| g.as_any().downcast_ref::<StringArray>().expect("cast to Utf8")).collect();
+        let device = device
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .expect("cast to Utf8");
+        let groups: Vec<&StringArray> = groups
+            .iter()
+            .map(|g| {
+                g.as_any()
+                    .downcast_ref::<StringArray>()
+                    .expect("cast to Utf8")
+            })
+            .collect();
         let mut bad: Vec<u32> = Vec::new();
         out.reserve(2 * n);
         for row in 0..n {
@@ -220,7 +263,8 @@ impl Reports {
             out.push((key, t.saturating_add(self.anomalous_for), -1));
         }
         if !bad.is_empty() {
-            let rows = take_record_batch(batch, &UInt32Array::from(bad)).expect("row indices in bounds");
+            let rows =
+                take_record_batch(batch, &UInt32Array::from(bad)).expect("row indices in bounds");
             dead.push_batch(msg_time, &self.name, "null device, group or ts", &rows);
         }
     }
@@ -229,7 +273,9 @@ impl Reports {
 /// Builds the Arrow rows of count updates that share one time.
 fn counts_to_batch(schema: &SchemaRef, groups: usize, updates: &[CountUpdate]) -> RecordBatch {
     let n = updates.len();
-    let mut builders: Vec<StringBuilder> = (0..groups).map(|_| StringBuilder::with_capacity(n, n * 8)).collect();
+    let mut builders: Vec<StringBuilder> = (0..groups)
+        .map(|_| StringBuilder::with_capacity(n, n * 8))
+        .collect();
     let mut ts = Vec::with_capacity(n);
     let mut counts = Vec::with_capacity(n);
     let mut diffs = Vec::with_capacity(n);
@@ -242,16 +288,25 @@ fn counts_to_batch(schema: &SchemaRef, groups: usize, updates: &[CountUpdate]) -
         diffs.push(*diff as i64);
     }
     let mut columns: Vec<ArrayRef> = vec![time_array(ts)];
-    columns.extend(builders.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
+    columns.extend(
+        builders
+            .iter_mut()
+            .map(|b| Arc::new(b.finish()) as ArrayRef),
+    );
     columns.push(Arc::new(Int64Array::from(counts)));
     columns.push(Arc::new(Int64Array::from(diffs)));
     RecordBatch::try_new(schema.clone(), columns).expect("fleet output schema matches")
 }
 
 impl Transform for Fleet {
-    fn schemas(&self, input: &SchemaRef, _cx: &CheckContext<'_>) -> Result<Outputs<SchemaRef>, Problem> {
+    fn schemas(
+        &self,
+        input: &SchemaRef,
+        _cx: &CheckContext<'_>,
+    ) -> Result<Outputs<SchemaRef>, Problem> {
         self.check_input(input)?;
-        Ok(Outputs::main(self.output_schema()).with_side(ops::DEAD_LETTER, ops::dead_letter_schema()))
+        Ok(Outputs::main(self.output_schema())
+            .with_side(ops::DEAD_LETTER, ops::dead_letter_schema()))
     }
 
     fn build<'s>(
@@ -275,7 +330,8 @@ impl Transform for Fleet {
         let mut rows_in = builder.new_input(input, Pipeline);
         let (updates_out, updates) = builder.new_output::<Vec<DeviceUpdate>>();
         let (dead_out, dead) = builder.new_output::<Vec<Batch>>();
-        let mut updates_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<DeviceUpdate>>>::from(updates_out);
+        let mut updates_out =
+            OutputBuilder::<_, CapacityContainerBuilder<Vec<DeviceUpdate>>>::from(updates_out);
         let mut dead_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<Batch>>>::from(dead_out);
         builder.build(move |_| {
             let mut buffer: Vec<DeviceUpdate> = Vec::new();
@@ -291,7 +347,9 @@ impl Transform for Fleet {
                         }
                     }
                     if !buffer.is_empty() {
-                        updates_out.session(&cap).give_container(&mut std::mem::take(&mut buffer));
+                        updates_out
+                            .session(&cap)
+                            .give_container(&mut std::mem::take(&mut buffer));
                     }
                     if let Some(letters) = letters.take() {
                         ComponentMetrics::add(&metrics.dead_letters, letters.num_rows() as u64);
@@ -302,32 +360,41 @@ impl Transform for Fleet {
         });
 
         // Devices currently anomalous (distinct over overlapping reports), counted per group.
-        let counts = updates.as_collection().distinct().map(|(group, _device)| group).count();
+        let counts = updates
+            .as_collection()
+            .distinct()
+            .map(|(group, _device)| group)
+            .count();
 
         // Count updates → Arrow rows, sent at their own time.
         let schema = self.output_schema();
         let groups = self.group_by.len();
-        let main = counts.inner.unary::<CapacityContainerBuilder<Vec<Batch>>, _, _, _>(
-            Pipeline,
-            &format!("{}.ToArrow", cx.name),
-            move |_, _| {
-                let mut pending: Vec<CountUpdate> = Vec::new();
-                move |input, output| {
-                    input.for_each_stamp(|cap, data| {
-                        for container in data {
-                            pending.append(container);
-                        }
-                        pending.sort_unstable_by(|a, b| (a.1, &a.0, a.2).cmp(&(b.1, &b.0, b.2)));
-                        for chunk in pending.chunk_by(|a, b| a.1 == b.1) {
-                            let time = chunk[0].1;
-                            let at = cap.delayed(&time, 0);
-                            output.session(&at).give(Batch::new(counts_to_batch(&schema, groups, chunk)));
-                        }
-                        pending.clear();
-                    });
-                }
-            },
-        );
+        let main = counts
+            .inner
+            .unary::<CapacityContainerBuilder<Vec<Batch>>, _, _, _>(
+                Pipeline,
+                &format!("{}.ToArrow", cx.name),
+                move |_, _| {
+                    let mut pending: Vec<CountUpdate> = Vec::new();
+                    move |input, output| {
+                        input.for_each_stamp(|cap, data| {
+                            for container in data {
+                                pending.append(container);
+                            }
+                            pending
+                                .sort_unstable_by(|a, b| (a.1, &a.0, a.2).cmp(&(b.1, &b.0, b.2)));
+                            for chunk in pending.chunk_by(|a, b| a.1 == b.1) {
+                                let time = chunk[0].1;
+                                let at = cap.delayed(&time, 0);
+                                output
+                                    .session(&at)
+                                    .give(Batch::new(counts_to_batch(&schema, groups, chunk)));
+                            }
+                            pending.clear();
+                        });
+                    }
+                },
+            );
         Ok(Outputs::main(main).with_side(ops::DEAD_LETTER, dead))
     }
 }
@@ -360,18 +427,27 @@ pub(crate) mod tests {
         let out: Arc<Mutex<Vec<(Time, RecordBatch)>>> = Default::default();
         let input = Arc::new(input);
         let policy = Arc::new(PolicyStore::new(Default::default(), Default::default()));
-        let metrics = Arc::new(ComponentMetrics::new("under_test", Kind::Transform, "test", false));
+        let metrics = Arc::new(ComponentMetrics::new(
+            "under_test",
+            Kind::Transform,
+            "test",
+            false,
+        ));
         let channels = Arc::new(ChannelHub::new());
         let collected = out.clone();
         timely::execute(timely::Config::process(workers), move |worker| {
-            let mut handle: InputHandle<Time, CapacityContainerBuilder<Vec<Batch>>> = InputHandle::new();
+            let mut handle: InputHandle<Time, CapacityContainerBuilder<Vec<Batch>>> =
+                InputHandle::new();
             let out = collected.clone();
             worker.dataflow::<Time, _, _>(|scope| {
                 let stream = scope.input_from(&mut handle);
                 let cx = BuildContext {
                     scope,
                     name: "under_test".into(),
-                    node: Arc::new(NodeSpec { id: "test-node".into(), role: Role::Cloud }),
+                    node: Arc::new(NodeSpec {
+                        id: "test-node".into(),
+                        role: Role::Cloud,
+                    }),
                     policy: policy.clone(),
                     metrics: metrics.clone(),
                     channels: channels.clone(),
@@ -383,7 +459,9 @@ pub(crate) mod tests {
                 outputs.main.inspect_core(move |event| {
                     if let Ok((stamp, data)) = event {
                         let t = stamp.least().copied().unwrap_or_default();
-                        out.lock().unwrap().extend(data.iter().map(|b: &Batch| (t, b.data.clone())));
+                        out.lock()
+                            .unwrap()
+                            .extend(data.iter().map(|b: &Batch| (t, b.data.clone())));
                     }
                 });
             });
@@ -402,7 +480,9 @@ pub(crate) mod tests {
             }
         })
         .expect("timely runs");
-        Arc::try_unwrap(out).map(|m| m.into_inner().unwrap()).unwrap_or_else(|a| a.lock().unwrap().clone())
+        Arc::try_unwrap(out)
+            .map(|m| m.into_inner().unwrap())
+            .unwrap_or_else(|a| a.lock().unwrap().clone())
     }
 
     /// The problem of a failed check.
@@ -414,10 +494,18 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn check_cx<R>(f: impl FnOnce(&CheckContext<'_>) -> R) -> R {
-        let node = NodeSpec { id: "n".into(), role: Role::Cloud };
+        let node = NodeSpec {
+            id: "n".into(),
+            role: Role::Cloud,
+        };
         let policy = PolicySnapshot::default();
         let channels = BTreeMap::new();
-        f(&CheckContext { node: &node, policy: &policy, base_dir: std::path::Path::new("."), channels: &channels })
+        f(&CheckContext {
+            node: &node,
+            policy: &policy,
+            base_dir: std::path::Path::new("."),
+            channels: &channels,
+        })
     }
 
     /// The schema of forwarded anomaly rows.
@@ -450,13 +538,23 @@ pub(crate) mod tests {
         let mut rows = Vec::new();
         for (time, b) in out {
             let schema = b.schema();
-            let ts = b.column(0).as_primitive::<arrow::datatypes::TimestampMillisecondType>();
+            let ts = b
+                .column(0)
+                .as_primitive::<arrow::datatypes::TimestampMillisecondType>();
             let n_groups = schema.fields().len() - 3;
-            let groups: Vec<&StringArray> = (1..=n_groups).map(|i| b.column(i).as_string::<i32>()).collect();
-            let count = b.column_by_name(ANOMALOUS_DEVICES).unwrap().as_primitive::<Int64Type>();
+            let groups: Vec<&StringArray> = (1..=n_groups)
+                .map(|i| b.column(i).as_string::<i32>())
+                .collect();
+            let count = b
+                .column_by_name(ANOMALOUS_DEVICES)
+                .unwrap()
+                .as_primitive::<Int64Type>();
             let diff = b.column_by_name(DIFF).unwrap().as_primitive::<Int64Type>();
             for i in 0..b.num_rows() {
-                assert!(ts.value(i) as Time >= *time, "row sent at a time after its ts");
+                assert!(
+                    ts.value(i) as Time >= *time,
+                    "row sent at a time after its ts"
+                );
                 rows.push((
                     ts.value(i),
                     groups.iter().map(|g| g.value(i).to_string()).collect(),
@@ -498,7 +596,12 @@ pub(crate) mod tests {
         check_cx(|cx| {
             let ok = Fleet::default_for_test();
             let outputs = ok.schemas(&schema, cx).unwrap();
-            let names: Vec<&str> = outputs.main.fields().iter().map(|f| f.name().as_str()).collect();
+            let names: Vec<&str> = outputs
+                .main
+                .fields()
+                .iter()
+                .map(|f| f.name().as_str())
+                .collect();
             assert_eq!(names, ["ts", "plant", "line", "anomalous_devices", "diff"]);
             assert_eq!(outputs.side[0].0, ops::DEAD_LETTER);
 
@@ -516,10 +619,16 @@ pub(crate) mod tests {
             assert!(problem(bad.schemas(&schema, cx)).message.contains("twice"));
 
             let bad: Fleet = toml::from_str("group_by = [\"device\"]").unwrap();
-            assert_eq!(problem(bad.schemas(&schema, cx)).key.as_deref(), Some("group_by"));
+            assert_eq!(
+                problem(bad.schemas(&schema, cx)).key.as_deref(),
+                Some("group_by")
+            );
 
             let bad: Fleet = toml::from_str("anomalous_for = \"0s\"").unwrap();
-            assert_eq!(problem(bad.schemas(&schema, cx)).key.as_deref(), Some("anomalous_for"));
+            assert_eq!(
+                problem(bad.schemas(&schema, cx)).key.as_deref(),
+                Some("anomalous_for")
+            );
 
             // A numeric group column is accepted and compared as text.
             let numeric = schema_with_time([
@@ -531,9 +640,16 @@ pub(crate) mod tests {
             let binary = schema_with_time([
                 Field::new("device", DataType::Utf8, false),
                 Field::new("plant", DataType::Utf8, false),
-                Field::new("line", DataType::List(Arc::new(Field::new("x", DataType::Int32, true))), false),
+                Field::new(
+                    "line",
+                    DataType::List(Arc::new(Field::new("x", DataType::Int32, true))),
+                    false,
+                ),
             ]);
-            assert_eq!(problem(ok.schemas(&binary, cx)).key.as_deref(), Some("group_by"));
+            assert_eq!(
+                problem(ok.schemas(&binary, cx)).key.as_deref(),
+                Some("group_by")
+            );
         });
     }
 
@@ -547,9 +663,15 @@ pub(crate) mod tests {
     fn counts_devices_and_retracts_after_anomalous_for() {
         let f = fleet("10s");
         let input = vec![
-            (1_000, anomalies(&[(1_000, "d1", "P1", "L1"), (1_500, "d2", "P1", "L1")])),
+            (
+                1_000,
+                anomalies(&[(1_000, "d1", "P1", "L1"), (1_500, "d2", "P1", "L1")]),
+            ),
             // d1 again: stays anomalous until 15s; d3 on another line.
-            (5_000, anomalies(&[(5_000, "d1", "P1", "L1"), (5_000, "d3", "P1", "L2")])),
+            (
+                5_000,
+                anomalies(&[(5_000, "d1", "P1", "L1"), (5_000, "d3", "P1", "L2")]),
+            ),
         ];
         let out = Harness::default().run_transform(&f, anomaly_schema(), input);
         let rows = fleet_rows(&out.main);
@@ -584,7 +706,13 @@ pub(crate) mod tests {
         let harness = Harness::default();
         let out = harness.run_transform(&f, anomaly_schema(), vec![(1_000, batch)]);
         assert_eq!(out.side_rows(ops::DEAD_LETTER), 1);
-        assert_eq!(harness.metrics.dead_letters.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(
+            harness
+                .metrics
+                .dead_letters
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
         // d2's report at 500 arrived at watermark 1000: it counts from 1000 (until 11000).
         let rows = fleet_rows(&out.main);
         assert_eq!(
@@ -626,15 +754,21 @@ pub(crate) mod tests {
             let rows: Vec<(i64, String, String, String)> = (0..rng.below(6))
                 .map(|_| {
                     let late = rng.below(10) == 0;
-                    let ts = if late { now - rng.below(2_000) as i64 } else { now + rng.below(4_000) as i64 };
+                    let ts = if late {
+                        now - rng.below(2_000) as i64
+                    } else {
+                        now + rng.below(4_000) as i64
+                    };
                     let device = format!("d{}", rng.below(8));
                     let plant = format!("P{}", rng.below(2));
                     let line = format!("L{}", rng.below(3));
                     (ts.max(0), device, plant, line)
                 })
                 .collect();
-            let refs: Vec<(i64, &str, &str, &str)> =
-                rows.iter().map(|r| (r.0, r.1.as_str(), r.2.as_str(), r.3.as_str())).collect();
+            let refs: Vec<(i64, &str, &str, &str)> = rows
+                .iter()
+                .map(|r| (r.0, r.1.as_str(), r.2.as_str(), r.3.as_str()))
+                .collect();
             input.push((now as Time, anomalies(&refs)));
         }
         input
@@ -644,11 +778,16 @@ pub(crate) mod tests {
     fn oracle(input: &[(Time, RecordBatch)], d: Time, x: Time) -> BTreeMap<Vec<String>, i64> {
         let mut anomalous: BTreeSet<(Vec<String>, String)> = BTreeSet::new();
         for (msg_time, b) in input {
-            let ts = b.column(0).as_primitive::<arrow::datatypes::TimestampMillisecondType>();
+            let ts = b
+                .column(0)
+                .as_primitive::<arrow::datatypes::TimestampMillisecondType>();
             for i in 0..b.num_rows() {
                 let t = (ts.value(i) as Time).max(*msg_time);
                 if t <= x && x < t + d {
-                    let group = vec![b.column(2).as_string::<i32>().value(i).to_string(), b.column(3).as_string::<i32>().value(i).to_string()];
+                    let group = vec![
+                        b.column(2).as_string::<i32>().value(i).to_string(),
+                        b.column(3).as_string::<i32>().value(i).to_string(),
+                    ];
                     anomalous.insert((group, b.column(1).as_string::<i32>().value(i).to_string()));
                 }
             }
@@ -671,8 +810,14 @@ pub(crate) mod tests {
         let mut counts = BTreeMap::new();
         for ((g, count), m) in acc {
             if m != 0 {
-                assert_eq!(m, 1, "group {g:?} holds count {count} with multiplicity {m} at {x}");
-                assert!(counts.insert(g.clone(), count).is_none(), "group {g:?} has two counts at {x}");
+                assert_eq!(
+                    m, 1,
+                    "group {g:?} holds count {count} with multiplicity {m} at {x}"
+                );
+                assert!(
+                    counts.insert(g.clone(), count).is_none(),
+                    "group {g:?} has two counts at {x}"
+                );
             }
         }
         counts
@@ -687,20 +832,30 @@ pub(crate) mod tests {
             let one = fleet_rows(&run_workers(1, f.clone(), anomaly_schema(), input.clone()));
             let two = fleet_rows(&run_workers(2, f.clone(), anomaly_schema(), input.clone()));
             assert_eq!(one, two, "1 and 2 workers differ (seed {seed})");
-            let harness = fleet_rows(&Harness::default().run_transform(f.as_ref(), anomaly_schema(), input.clone()).main);
+            let harness = fleet_rows(
+                &Harness::default()
+                    .run_transform(f.as_ref(), anomaly_schema(), input.clone())
+                    .main,
+            );
             assert_eq!(one, harness);
             assert!(!one.is_empty());
             // Check at every time a count may change, and just before.
             let mut points: BTreeSet<Time> = BTreeSet::new();
             for (msg_time, b) in &input {
-                let ts = b.column(0).as_primitive::<arrow::datatypes::TimestampMillisecondType>();
+                let ts = b
+                    .column(0)
+                    .as_primitive::<arrow::datatypes::TimestampMillisecondType>();
                 for i in 0..b.num_rows() {
                     let t = (ts.value(i) as Time).max(*msg_time);
                     points.extend([t.saturating_sub(1), t, t + d - 1, t + d]);
                 }
             }
             for x in points {
-                assert_eq!(accumulate(&one, x), oracle(&input, d, x), "seed {seed}, time {x}");
+                assert_eq!(
+                    accumulate(&one, x),
+                    oracle(&input, d, x),
+                    "seed {seed}, time {x}"
+                );
             }
             // Everything expires in the end.
             assert!(accumulate(&one, Time::MAX).is_empty());
@@ -710,7 +865,14 @@ pub(crate) mod tests {
     #[test]
     fn empty_group_by_counts_the_whole_fleet() {
         let f: Fleet = toml::from_str("group_by = []\nanomalous_for = \"1s\"").unwrap();
-        let input = vec![(0, anomalies(&[(0, "d1", "P1", "L1"), (100, "d2", "P2", "L2"), (200, "d1", "P1", "L1")]))];
+        let input = vec![(
+            0,
+            anomalies(&[
+                (0, "d1", "P1", "L1"),
+                (100, "d2", "P2", "L2"),
+                (200, "d1", "P1", "L1"),
+            ]),
+        )];
         let out = Harness::default().run_transform(&f, anomaly_schema(), input);
         let b = out.main_batch().unwrap();
         assert_eq!(b.num_columns(), 3);

@@ -54,10 +54,15 @@ struct Item {
 /// Splits `expression [AS name]` (after substituting the policy for parsing only).
 fn parse_item(text: &str, policy: &PolicySnapshot) -> Result<Item, String> {
     let sql = policy.substitute_sql(text)?;
-    let mut parser = Parser::new(&GenericDialect {}).try_with_sql(&sql).map_err(|e| e.to_string())?;
+    let mut parser = Parser::new(&GenericDialect {})
+        .try_with_sql(&sql)
+        .map_err(|e| e.to_string())?;
     let item = parser.parse_select_item().map_err(|e| e.to_string())?;
     if parser.peek_token().token != datafusion::sql::sqlparser::tokenizer::Token::EOF {
-        return Err(format!("unexpected `{}` after the expression", parser.peek_token().token));
+        return Err(format!(
+            "unexpected `{}` after the expression",
+            parser.peek_token().token
+        ));
     }
     match item {
         SelectItem::UnnamedExpr(expr) => {
@@ -66,20 +71,33 @@ fn parse_item(text: &str, policy: &PolicySnapshot) -> Result<Item, String> {
                 SqlExpr::CompoundIdentifier(ids) => ids.last().map(normalize).unwrap_or_default(),
                 _ => text.trim().to_string(),
             };
-            Ok(Item { template: text.trim().to_string(), name })
+            Ok(Item {
+                template: text.trim().to_string(),
+                name,
+            })
         }
         SelectItem::ExprWithAlias { alias, .. } => {
             let template = strip_alias(text, &alias.to_string())
                 .ok_or_else(|| format!("cannot find the name `{alias}` at the end of `{text}`"))?;
-            Ok(Item { template, name: normalize(&alias) })
+            Ok(Item {
+                template,
+                name: normalize(&alias),
+            })
         }
-        _ => Err("expected `expression [AS name]` (wildcards are not supported: list the columns)".into()),
+        _ => Err(
+            "expected `expression [AS name]` (wildcards are not supported: list the columns)"
+                .into(),
+        ),
     }
 }
 
 /// The name an identifier stands for: unquoted names are lower-cased, as DataFusion does.
 fn normalize(id: &datafusion::sql::sqlparser::ast::Ident) -> String {
-    if id.quote_style.is_some() { id.value.clone() } else { id.value.to_lowercase() }
+    if id.quote_style.is_some() {
+        id.value.clone()
+    } else {
+        id.value.to_lowercase()
+    }
 }
 
 /// `text` without its trailing `[AS] alias`.
@@ -88,7 +106,11 @@ fn strip_alias(text: &str, alias: &str) -> Option<String> {
     let rest = match rest.len().checked_sub(2) {
         Some(i) if rest.is_char_boundary(i) && rest[i..].eq_ignore_ascii_case("as") => {
             let before = &rest[..i];
-            if before.ends_with(|c: char| c.is_whitespace() || c == ')') { before.trim_end() } else { rest }
+            if before.ends_with(|c: char| c.is_whitespace() || c == ')') {
+                before.trim_end()
+            } else {
+                rest
+            }
         }
         _ => rest,
     };
@@ -98,16 +120,21 @@ fn strip_alias(text: &str, alias: &str) -> Option<String> {
 impl Map {
     fn items(&self, policy: &PolicySnapshot) -> Result<Vec<Item>, Problem> {
         if self.select.is_empty() {
-            return Err(Problem::at("select", "`select` is empty").with_help("list the output columns, starting with `ts`"));
+            return Err(Problem::at("select", "`select` is empty")
+                .with_help("list the output columns, starting with `ts`"));
         }
         let mut items = Vec::with_capacity(self.select.len());
         let mut names = BTreeSet::new();
         for text in &self.select {
-            let item = parse_item(text, policy)
-                .map_err(|e| Problem::at("select", format!("cannot read select item `{text}`: {e}")))?;
+            let item = parse_item(text, policy).map_err(|e| {
+                Problem::at("select", format!("cannot read select item `{text}`: {e}"))
+            })?;
             if !names.insert(item.name.clone()) {
-                return Err(Problem::at("select", format!("two select items are named `{}`", item.name))
-                    .with_help("give one of them another name with `AS name`"));
+                return Err(Problem::at(
+                    "select",
+                    format!("two select items are named `{}`", item.name),
+                )
+                .with_help("give one of them another name with `AS name`"));
             }
             items.push(item);
         }
@@ -115,7 +142,11 @@ impl Map {
     }
 
     /// The output schema (checked like at validation time).
-    fn output_schema(&self, input: &SchemaRef, policy: &PolicySnapshot) -> Result<(Vec<Item>, SchemaRef), Problem> {
+    fn output_schema(
+        &self,
+        input: &SchemaRef,
+        policy: &PolicySnapshot,
+    ) -> Result<(Vec<Item>, SchemaRef), Problem> {
         let items = self.items(policy)?;
         let mut fields = Vec::with_capacity(items.len());
         for item in &items {
@@ -126,8 +157,11 @@ impl Map {
         }
         match fields.iter().find(|f| f.name() == TIME_COLUMN) {
             None => {
-                return Err(Problem::at("select", "the output has no event-time column `ts`")
-                    .with_help("add \"ts\" to `select` (every stream carries its event time in `ts`)"));
+                return Err(
+                    Problem::at("select", "the output has no event-time column `ts`").with_help(
+                        "add \"ts\" to `select` (every stream carries its event time in `ts`)",
+                    ),
+                );
             }
             Some(f) if f.data_type() != &time_type() => {
                 return Err(Problem::at("select", format!("`ts` is {}, not the event-time type {}", f.data_type(), time_type()))
@@ -140,13 +174,24 @@ impl Map {
 }
 
 impl Transform for Map {
-    fn schemas(&self, input: &SchemaRef, cx: &CheckContext<'_>) -> Result<Outputs<SchemaRef>, Problem> {
+    fn schemas(
+        &self,
+        input: &SchemaRef,
+        cx: &CheckContext<'_>,
+    ) -> Result<Outputs<SchemaRef>, Problem> {
         let (_, schema) = self.output_schema(input, cx.policy)?;
         Ok(Outputs::main(schema).with_side(ops::DEAD_LETTER, ops::dead_letter_schema()))
     }
 
-    fn build<'s>(&self, input: BatchStream<'s>, cx: &BuildContext<'s>) -> Result<Outputs<BatchStream<'s>>, EngineError> {
-        let in_schema = cx.input_schema.clone().ok_or_else(|| cx.error("map has no input schema"))?;
+    fn build<'s>(
+        &self,
+        input: BatchStream<'s>,
+        cx: &BuildContext<'s>,
+    ) -> Result<Outputs<BatchStream<'s>>, EngineError> {
+        let in_schema = cx
+            .input_schema
+            .clone()
+            .ok_or_else(|| cx.error("map has no input schema"))?;
         let (items, out_schema) = self
             .output_schema(&in_schema, &cx.policy.snapshot())
             .map_err(|p| cx.error(format!("select: {}", p.message)))?;
@@ -169,7 +214,12 @@ impl Transform for Map {
 }
 
 /// Evaluates every select item over `batch`.
-fn project(exprs: &mut [LiveExpr], schema: &SchemaRef, batch: &RecordBatch, component: &str) -> Result<Option<RecordBatch>, String> {
+fn project(
+    exprs: &mut [LiveExpr],
+    schema: &SchemaRef,
+    batch: &RecordBatch,
+    component: &str,
+) -> Result<Option<RecordBatch>, String> {
     if batch.num_rows() == 0 {
         return Ok(None);
     }
@@ -180,11 +230,14 @@ fn project(exprs: &mut [LiveExpr], schema: &SchemaRef, batch: &RecordBatch, comp
         }
         let mut values = expr.current()?.evaluate(batch)?;
         if values.data_type() != field.data_type() {
-            values = cast(&values, field.data_type()).map_err(|e| format!("`{}`: {e}", field.name()))?;
+            values =
+                cast(&values, field.data_type()).map_err(|e| format!("`{}`: {e}", field.name()))?;
         }
         columns.push(values);
     }
-    RecordBatch::try_new(schema.clone(), columns).map(Some).map_err(|e| e.to_string())
+    RecordBatch::try_new(schema.clone(), columns)
+        .map(Some)
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -220,58 +273,107 @@ mod tests {
     }
 
     fn snapshot() -> PolicySnapshot {
-        PolicyStore::new(BTreeMap::from([("offset".to_string(), PolicyValue::Float(1.5))]), Default::default())
-            .snapshot()
-            .as_ref()
-            .clone()
+        PolicyStore::new(
+            BTreeMap::from([("offset".to_string(), PolicyValue::Float(1.5))]),
+            Default::default(),
+        )
+        .snapshot()
+        .as_ref()
+        .clone()
     }
 
     fn check(m: &Map) -> Result<SchemaRef, Problem> {
-        let node = NodeSpec { id: "n".into(), role: Role::Standalone };
+        let node = NodeSpec {
+            id: "n".into(),
+            role: Role::Standalone,
+        };
         let snap = snapshot();
         let channels = BTreeMap::new();
-        let cx = CheckContext { node: &node, policy: &snap, base_dir: std::path::Path::new("."), channels: &channels };
+        let cx = CheckContext {
+            node: &node,
+            policy: &snap,
+            base_dir: std::path::Path::new("."),
+            channels: &channels,
+        };
         m.schemas(&schema(), &cx).map(|o| o.main)
     }
 
     fn map(items: &[&str]) -> Map {
-        Map { select: items.iter().map(|s| s.to_string()).collect() }
+        Map {
+            select: items.iter().map(|s| s.to_string()).collect(),
+        }
     }
 
     #[test]
     fn splits_items() {
         let p = snapshot();
-        assert_eq!(parse_item("ts", &p).unwrap(), Item { template: "ts".into(), name: "ts".into() });
+        assert_eq!(
+            parse_item("ts", &p).unwrap(),
+            Item {
+                template: "ts".into(),
+                name: "ts".into()
+            }
+        );
         assert_eq!(
             parse_item("temperature * 1.8 + 32 AS Temp_F", &p).unwrap(),
-            Item { template: "temperature * 1.8 + 32".into(), name: "temp_f".into() }
+            Item {
+                template: "temperature * 1.8 + 32".into(),
+                name: "temp_f".into()
+            }
         );
         assert_eq!(
             parse_item("temperature + ${policy.offset} as \"Hot Temp\"", &p).unwrap(),
-            Item { template: "temperature + ${policy.offset}".into(), name: "Hot Temp".into() }
+            Item {
+                template: "temperature + ${policy.offset}".into(),
+                name: "Hot Temp".into()
+            }
         );
-        assert_eq!(parse_item("(temperature)as t", &p).unwrap().template, "(temperature)");
-        assert_eq!(parse_item("temperature + 1", &p).unwrap().name, "temperature + 1");
+        assert_eq!(
+            parse_item("(temperature)as t", &p).unwrap().template,
+            "(temperature)"
+        );
+        assert_eq!(
+            parse_item("temperature + 1", &p).unwrap().name,
+            "temperature + 1"
+        );
         assert!(parse_item("*", &p).is_err());
         assert!(parse_item("a b c", &p).is_err());
     }
 
     #[test]
     fn computes_renames_and_drops() {
-        let m = map(&["ts", "device AS id", "temperature * 1.8 + 32 AS temperature_f", "temperature + ${policy.offset} AS t2"]);
+        let m = map(&[
+            "ts",
+            "device AS id",
+            "temperature * 1.8 + 32 AS temperature_f",
+            "temperature + ${policy.offset} AS t2",
+        ]);
         let out_schema = check(&m).unwrap();
-        let names: Vec<&str> = out_schema.fields().iter().map(|f| f.name().as_str()).collect();
+        let names: Vec<&str> = out_schema
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect();
         assert_eq!(names, ["ts", "id", "temperature_f", "t2"]);
         assert!(!out_schema.field(0).is_nullable());
         let h = Harness {
-            policy: Arc::new(PolicyStore::new(BTreeMap::from([("offset".to_string(), PolicyValue::Float(1.5))]), Default::default())),
+            policy: Arc::new(PolicyStore::new(
+                BTreeMap::from([("offset".to_string(), PolicyValue::Float(1.5))]),
+                Default::default(),
+            )),
             ..Harness::default()
         };
         let out = h.run_transform(&m, schema(), vec![(0, batch())]);
         let b = out.main_batch().unwrap();
         assert_eq!(b.schema(), out_schema);
-        assert_eq!(b.column(2).as_primitive::<Float64Type>().values().to_vec(), vec![32.0, 212.0]);
-        assert_eq!(b.column(3).as_primitive::<Float64Type>().values().to_vec(), vec![1.5, 101.5]);
+        assert_eq!(
+            b.column(2).as_primitive::<Float64Type>().values().to_vec(),
+            vec![32.0, 212.0]
+        );
+        assert_eq!(
+            b.column(3).as_primitive::<Float64Type>().values().to_vec(),
+            vec![1.5, 101.5]
+        );
         assert_eq!(b.column(1).as_string::<i32>().value(1), "d2");
     }
 
@@ -282,7 +384,10 @@ mod tests {
         let e = check(&map(&["CAST(ts AS BIGINT) AS ts"])).unwrap_err();
         assert!(e.message.contains("not the event-time type"), "{e:?}");
         let e = check(&map(&["ts", "device", "temperature AS device"])).unwrap_err();
-        assert!(e.message.contains("two select items are named `device`"), "{e:?}");
+        assert!(
+            e.message.contains("two select items are named `device`"),
+            "{e:?}"
+        );
         let e = check(&map(&["ts", "temperatur * 2 AS x"])).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("select"));
         assert!(e.help.unwrap().contains("did you mean `temperature`"));

@@ -19,7 +19,9 @@ use arrow::datatypes::{DataType, Int64Type, SchemaRef, TimestampMillisecondType}
 use arrow::row::{OwnedRow, Row, RowConverter, SortField};
 use isthmus_engine::batch::{Batch, BatchStream, TIME_COLUMN, Time, time_array, time_type};
 use isthmus_engine::ops::{self, DeadLetters};
-use isthmus_engine::policy::{PolicyChange, PolicyScope, PolicyValue, changes_to_batch, policy_change_schema};
+use isthmus_engine::policy::{
+    PolicyChange, PolicyScope, PolicyValue, changes_to_batch, policy_change_schema,
+};
 use isthmus_engine::telemetry::ComponentMetrics;
 use isthmus_engine::{BuildContext, CheckContext, EngineError, Outputs, Problem, Transform};
 use timely::container::CapacityContainerBuilder;
@@ -149,36 +151,63 @@ impl PolicyRules {
                 .with_help("read the output of a `fleet` transform"));
             }
         };
-        let scope = input
-            .index_of(&self.scope)
-            .map_err(|_| Problem::at("scope", format!("the input has no column `{}`", self.scope)).with_help(names()))?;
+        let scope = input.index_of(&self.scope).map_err(|_| {
+            Problem::at("scope", format!("the input has no column `{}`", self.scope))
+                .with_help(names())
+        })?;
         if scope == ts || scope == diff {
-            return Err(Problem::at("scope", format!("`{}` cannot be the scope column", self.scope))
-                .with_help("use a column such as `line`, `plant` or `device`"));
-        }
-        if !can_cast_types(input.field(scope).data_type(), &DataType::Utf8) {
             return Err(Problem::at(
                 "scope",
-                format!("column `{}` has type {} which cannot be converted to text", self.scope, input.field(scope).data_type()),
+                format!("`{}` cannot be the scope column", self.scope),
+            )
+            .with_help("use a column such as `line`, `plant` or `device`"));
+        }
+        if input.field(scope).data_type().is_nested()
+            || !can_cast_types(input.field(scope).data_type(), &DataType::Utf8)
+        {
+            return Err(Problem::at(
+                "scope",
+                format!(
+                    "column `{}` has type {} which cannot be converted to text",
+                    self.scope,
+                    input.field(scope).data_type()
+                ),
             ));
         }
-        let identity: Vec<usize> = (0..input.fields().len()).filter(|&i| i != ts && i != diff).collect();
-        let fields: Vec<SortField> =
-            identity.iter().map(|&i| SortField::new(input.field(i).data_type().clone())).collect();
+        let identity: Vec<usize> = (0..input.fields().len())
+            .filter(|&i| i != ts && i != diff)
+            .collect();
+        let fields: Vec<SortField> = identity
+            .iter()
+            .map(|&i| SortField::new(input.field(i).data_type().clone()))
+            .collect();
         if !RowConverter::supports_fields(&fields) {
-            return Err(Problem::general("the input has columns of a type that cannot be compared (nested types)"));
+            return Err(Problem::general(
+                "the input has columns of a type that cannot be compared (nested types)",
+            ));
         }
         if self.rules.is_empty() {
-            return Err(Problem::at("rules", "no rules: add at least one [[rules]] table with `when` and `set`"));
+            return Err(Problem::at(
+                "rules",
+                "no rules: add at least one [[rules]] table with `when` and `set`",
+            ));
         }
         let mut compiled = Vec::with_capacity(self.rules.len());
         for (i, rule) in self.rules.iter().enumerate() {
-            let expr = CompiledExpr::compile(&rule.when, input)
-                .map_err(|e| Problem::at("rules", format!("rule {i}: `when = \"{}\"`: {e}", rule.when)).with_help(names()))?;
+            let expr = CompiledExpr::compile(&rule.when, input).map_err(|e| {
+                Problem::at(
+                    "rules",
+                    format!("rule {i}: `when = \"{}\"`: {e}", rule.when),
+                )
+                .with_help(names())
+            })?;
             if expr.data_type != DataType::Boolean {
                 return Err(Problem::at(
                     "rules",
-                    format!("rule {i}: `when = \"{}\"` yields {}, not a boolean", rule.when, expr.data_type),
+                    format!(
+                        "rule {i}: `when = \"{}\"` yields {}, not a boolean",
+                        rule.when, expr.data_type
+                    ),
                 )
                 .with_help("write a condition, for example \"anomalous_devices >= 3\""));
             }
@@ -187,11 +216,22 @@ impl PolicyRules {
                     .with_help("name at least one policy, for example set = { threshold = 2.5 }"));
             }
             if let Some(name) = rule.set.keys().find(|k| k.trim().is_empty()) {
-                return Err(Problem::at("rules", format!("rule {i}: `set` has an empty policy name `{name}`")));
+                return Err(Problem::at(
+                    "rules",
+                    format!("rule {i}: `set` has an empty policy name `{name}`"),
+                ));
             }
             compiled.push(expr);
         }
-        Ok((Layout { ts, diff, scope, identity }, compiled))
+        Ok((
+            Layout {
+                ts,
+                diff,
+                scope,
+                identity,
+            },
+            compiled,
+        ))
     }
 }
 
@@ -199,7 +239,8 @@ fn to_text(column: &ArrayRef) -> Result<ArrayRef, String> {
     if *column.data_type() == DataType::Utf8 {
         Ok(column.clone())
     } else {
-        cast(column, &DataType::Utf8).map_err(|e| format!("cannot convert the scope column to text: {e}"))
+        cast(column, &DataType::Utf8)
+            .map_err(|e| format!("cannot convert the scope column to text: {e}"))
     }
 }
 
@@ -220,31 +261,61 @@ struct RuleState {
 impl RuleState {
     /// Checks a batch as it arrives. Returns the rows to keep (the ones with nulls in `ts`,
     /// `diff` or the scope go to `dead`).
-    fn admit(&self, batch: RecordBatch, msg_time: Time, dead: &mut DeadLetters) -> Option<RecordBatch> {
+    fn admit(
+        &self,
+        batch: RecordBatch,
+        msg_time: Time,
+        dead: &mut DeadLetters,
+    ) -> Option<RecordBatch> {
         let matches = batch.num_columns() == self.schema.fields().len()
-            && batch.columns().iter().zip(self.schema.fields()).all(|(c, f)| c.data_type() == f.data_type());
+            && batch
+                .columns()
+                .iter()
+                .zip(self.schema.fields())
+                .all(|(c, f)| c.data_type() == f.data_type());
         if !matches {
-            dead.push_batch(msg_time, &self.name, "batch does not match the input schema", &batch);
+            dead.push_batch(
+                msg_time,
+                &self.name,
+                "batch does not match the input schema",
+                &batch,
+            );
             return None;
         }
         let l = &self.layout;
-        let nulls = batch.column(l.ts).null_count() + batch.column(l.diff).null_count() + batch.column(l.scope).null_count();
+        let nulls = batch.column(l.ts).null_count()
+            + batch.column(l.diff).null_count()
+            + batch.column(l.scope).null_count();
         if nulls == 0 {
             return Some(batch);
         }
-        let (ts, diff, scope) = (batch.column(l.ts), batch.column(l.diff), batch.column(l.scope));
+        let (ts, diff, scope) = (
+            batch.column(l.ts),
+            batch.column(l.diff),
+            batch.column(l.scope),
+        );
         let (mut good, mut bad) = (Vec::new(), Vec::new());
         for i in 0..batch.num_rows() as u32 {
             let row = i as usize;
-            if ts.is_null(row) || diff.is_null(row) || scope.is_null(row) { bad.push(i) } else { good.push(i) }
+            if ts.is_null(row) || diff.is_null(row) || scope.is_null(row) {
+                bad.push(i)
+            } else {
+                good.push(i)
+            }
         }
-        let bad_rows = take_record_batch(&batch, &UInt32Array::from(bad)).expect("row indices in bounds");
+        let bad_rows =
+            take_record_batch(&batch, &UInt32Array::from(bad)).expect("row indices in bounds");
         dead.push_batch(msg_time, &self.name, "null ts, diff or scope", &bad_rows);
         Some(take_record_batch(&batch, &UInt32Array::from(good)).expect("row indices in bounds"))
     }
 
     /// Applies the rows of time `time` and returns the policy changes they cause.
-    fn process(&mut self, time: Time, batches: &[RecordBatch], dead: &mut DeadLetters) -> Vec<PolicyChange> {
+    fn process(
+        &mut self,
+        time: Time,
+        batches: &[RecordBatch],
+        dead: &mut DeadLetters,
+    ) -> Vec<PolicyChange> {
         let mut changed: BTreeSet<String> = BTreeSet::new();
         for batch in batches {
             let l = &self.layout;
@@ -257,7 +328,11 @@ impl RuleState {
             };
             let scope = scope.as_string::<i32>();
             let diffs = batch.column(l.diff).as_primitive::<Int64Type>();
-            let columns: Vec<ArrayRef> = l.identity.iter().map(|&i| batch.column(i).clone()).collect();
+            let columns: Vec<ArrayRef> = l
+                .identity
+                .iter()
+                .map(|&i| batch.column(i).clone())
+                .collect();
             let rows = match self.converter.convert_columns(&columns) {
                 Ok(r) => r,
                 Err(e) => {
@@ -316,11 +391,18 @@ impl RuleState {
                     for (r, (expr, _)) in self.rules.iter().enumerate() {
                         match expr.evaluate(&batch) {
                             Ok(values) => matched[r] = values.as_boolean_opt().cloned(),
-                            Err(e) => dead.push_batch(time, &self.name, &format!("rule {r}: `when` failed: {e}"), &batch),
+                            Err(e) => dead.push_batch(
+                                time,
+                                &self.name,
+                                &format!("rule {r}: `when` failed: {e}"),
+                                &batch,
+                            ),
                         }
                     }
                 }
-                Err(e) => tracing::error!(component = %self.name, "policy rules: cannot decode rows: {e}"),
+                Err(e) => {
+                    tracing::error!(component = %self.name, "policy rules: cannot decode rows: {e}")
+                }
             }
         }
 
@@ -328,20 +410,40 @@ impl RuleState {
         for (value, (start, end)) in changed.iter().zip(ranges) {
             let desired = matched
                 .iter()
-                .position(|m| m.as_ref().is_some_and(|m| (start..end).any(|i| m.is_valid(i) && m.value(i))))
+                .position(|m| {
+                    m.as_ref()
+                        .is_some_and(|m| (start..end).any(|i| m.is_valid(i) && m.value(i)))
+                })
                 .map(|r| &self.rules[r].1);
             let empty = BTreeMap::new();
             let before = self.emitted.get(value).unwrap_or(&empty);
             let after = desired.unwrap_or(&empty);
-            let scope = || Some(PolicyScope { key: self.scope_key.clone(), value: value.clone() });
+            let scope = || {
+                Some(PolicyScope {
+                    key: self.scope_key.clone(),
+                    value: value.clone(),
+                })
+            };
             for (name, old) in before {
                 if after.get(name) != Some(old) {
-                    changes.push(PolicyChange { name: name.clone(), scope: scope(), value: old.clone(), diff: -1, version: time });
+                    changes.push(PolicyChange {
+                        name: name.clone(),
+                        scope: scope(),
+                        value: old.clone(),
+                        diff: -1,
+                        version: time,
+                    });
                 }
             }
             for (name, new) in after {
                 if before.get(name) != Some(new) {
-                    changes.push(PolicyChange { name: name.clone(), scope: scope(), value: new.clone(), diff: 1, version: time });
+                    changes.push(PolicyChange {
+                        name: name.clone(),
+                        scope: scope(),
+                        value: new.clone(),
+                        diff: 1,
+                        version: time,
+                    });
                 }
             }
             if after.is_empty() {
@@ -357,16 +459,27 @@ impl RuleState {
     }
 
     /// Rebuilds input-shaped rows (ts = `time`, diff = multiplicity) to evaluate the rules on.
-    fn evaluation_batch(&self, time: Time, rows: Vec<Row<'_>>, multiplicity: Vec<i64>) -> Result<RecordBatch, String> {
+    fn evaluation_batch(
+        &self,
+        time: Time,
+        rows: Vec<Row<'_>>,
+        multiplicity: Vec<i64>,
+    ) -> Result<RecordBatch, String> {
         let n = rows.len();
-        let mut decoded = self.converter.convert_rows(rows).map_err(|e| e.to_string())?.into_iter();
+        let mut decoded = self
+            .converter
+            .convert_rows(rows)
+            .map_err(|e| e.to_string())?
+            .into_iter();
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.schema.fields().len());
         let mut multiplicity = Some(multiplicity);
         for i in 0..self.schema.fields().len() {
             if i == self.layout.ts {
                 columns.push(time_array(vec![time as i64; n]));
             } else if i == self.layout.diff {
-                columns.push(Arc::new(Int64Array::from(multiplicity.take().unwrap_or_default())));
+                columns.push(Arc::new(Int64Array::from(
+                    multiplicity.take().unwrap_or_default(),
+                )));
             } else {
                 columns.push(decoded.next().ok_or("row decoding lost a column")?);
             }
@@ -374,6 +487,10 @@ impl RuleState {
         RecordBatch::try_new(self.schema.clone(), columns).map_err(|e| e.to_string())
     }
 }
+
+/// Rows of one time waiting for the watermark, with capabilities for the main and the
+/// dead-letter output.
+type Pending = (Capability<Time>, Capability<Time>, Vec<RecordBatch>);
 
 /// Splits a batch by effective time (max of the row's `ts` and the message time).
 fn split_by_time(batch: RecordBatch, ts: usize, msg_time: Time) -> Vec<(Time, RecordBatch)> {
@@ -392,14 +509,24 @@ fn split_by_time(batch: RecordBatch, ts: usize, msg_time: Time) -> Vec<(Time, Re
     }
     by_time
         .into_iter()
-        .map(|(t, rows)| (t, take_record_batch(&batch, &UInt32Array::from(rows)).expect("row indices in bounds")))
+        .map(|(t, rows)| {
+            (
+                t,
+                take_record_batch(&batch, &UInt32Array::from(rows)).expect("row indices in bounds"),
+            )
+        })
         .collect()
 }
 
 impl Transform for PolicyRules {
-    fn schemas(&self, input: &SchemaRef, _cx: &CheckContext<'_>) -> Result<Outputs<SchemaRef>, Problem> {
+    fn schemas(
+        &self,
+        input: &SchemaRef,
+        _cx: &CheckContext<'_>,
+    ) -> Result<Outputs<SchemaRef>, Problem> {
         self.compile(input)?;
-        Ok(Outputs::main(policy_change_schema()).with_side(ops::DEAD_LETTER, ops::dead_letter_schema()))
+        Ok(Outputs::main(policy_change_schema())
+            .with_side(ops::DEAD_LETTER, ops::dead_letter_schema()))
     }
 
     fn build<'s>(
@@ -407,9 +534,16 @@ impl Transform for PolicyRules {
         input: BatchStream<'s>,
         cx: &BuildContext<'s>,
     ) -> Result<Outputs<BatchStream<'s>>, EngineError> {
-        let schema = cx.input_schema.clone().ok_or_else(|| cx.error("the input schema is unknown"))?;
+        let schema = cx
+            .input_schema
+            .clone()
+            .ok_or_else(|| cx.error("the input schema is unknown"))?;
         let (layout, compiled) = self.compile(&schema).map_err(|p| cx.error(p.message))?;
-        let fields = layout.identity.iter().map(|&i| SortField::new(schema.field(i).data_type().clone())).collect();
+        let fields = layout
+            .identity
+            .iter()
+            .map(|&i| SortField::new(schema.field(i).data_type().clone()))
+            .collect();
         let converter = RowConverter::new(fields).map_err(|e| cx.error(e))?;
         let mut state = RuleState {
             name: cx.name.clone(),
@@ -417,7 +551,10 @@ impl Transform for PolicyRules {
             schema,
             layout,
             converter,
-            rules: compiled.into_iter().zip(self.rules.iter().map(|r| r.set.clone())).collect(),
+            rules: compiled
+                .into_iter()
+                .zip(self.rules.iter().map(|r| r.set.clone()))
+                .collect(),
             rows: BTreeMap::new(),
             emitted: BTreeMap::new(),
         };
@@ -434,7 +571,7 @@ impl Transform for PolicyRules {
         let mut dead_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<Batch>>>::from(dead_out);
         builder.build(move |_| {
             // Rows waiting for the watermark to pass their time, with capabilities for both outputs.
-            let mut pending: BTreeMap<Time, (Capability<Time>, Capability<Time>, Vec<RecordBatch>)> = BTreeMap::new();
+            let mut pending: BTreeMap<Time, Pending> = BTreeMap::new();
             move |frontiers| {
                 let mut main_out = main_out.activate();
                 let mut dead_out = dead_out.activate();
@@ -443,11 +580,15 @@ impl Transform for PolicyRules {
                     let mut letters = DeadLetters::default();
                     for container in data {
                         for batch in container.drain(..) {
-                            let Some(kept) = state.admit(batch.data, msg_time, &mut letters) else { continue };
+                            let Some(kept) = state.admit(batch.data, msg_time, &mut letters) else {
+                                continue;
+                            };
                             for (t, part) in split_by_time(kept, state.layout.ts, msg_time) {
                                 pending
                                     .entry(t)
-                                    .or_insert_with(|| (cap.delayed(&t, 0), cap.delayed(&t, 1), Vec::new()))
+                                    .or_insert_with(|| {
+                                        (cap.delayed(&t, 0), cap.delayed(&t, 1), Vec::new())
+                                    })
                                     .2
                                     .push(part);
                             }
@@ -466,7 +607,9 @@ impl Transform for PolicyRules {
                     let mut letters = DeadLetters::default();
                     let changes = state.process(time, &batches, &mut letters);
                     if !changes.is_empty() {
-                        main_out.session(&main_cap).give(Batch::new(changes_to_batch(&changes, time)));
+                        main_out
+                            .session(&main_cap)
+                            .give(Batch::new(changes_to_batch(&changes, time)));
                     }
                     if let Some(letters) = letters.take() {
                         ComponentMetrics::add(&metrics.dead_letters, letters.num_rows() as u64);
@@ -540,14 +683,26 @@ set = { threshold = 3.5 }
                 assert_eq!(c.version, *time);
                 let scope = c.scope.expect("scoped");
                 assert_eq!(scope.key, "line");
-                rows.push((ts.value(i), c.name, scope.value, c.value.to_string(), c.diff));
+                rows.push((
+                    ts.value(i),
+                    c.name,
+                    scope.value,
+                    c.value.to_string(),
+                    c.diff,
+                ));
             }
         }
         rows
     }
 
     fn row(ts: i64, name: &str, line: &str, value: &str, diff: i64) -> Row {
-        (ts, name.to_string(), line.to_string(), value.to_string(), diff)
+        (
+            ts,
+            name.to_string(),
+            line.to_string(),
+            value.to_string(),
+            diff,
+        )
     }
 
     fn sorted(mut rows: Vec<Row>) -> Vec<Row> {
@@ -567,17 +722,45 @@ set = { threshold = 3.5 }
         assert_eq!(p.rules[0].set["threshold"], PolicyValue::Float(2.5));
         assert_eq!(p.rules[0].set["sample_every"], PolicyValue::Int(1));
         check_cx(|cx| {
-            let outputs = p.schemas(&fleet_schema(), cx).unwrap_or_else(|e| panic!("{e:?}"));
+            let outputs = p
+                .schemas(&fleet_schema(), cx)
+                .unwrap_or_else(|e| panic!("{e:?}"));
             assert_eq!(outputs.main, policy_change_schema());
             assert_eq!(outputs.side[0].0, ops::DEAD_LETTER);
         });
     }
 
     #[test]
+    fn json_schemas_describe_the_keys() {
+        let schema = schemars::schema_for!(PolicyRules).as_value().to_string();
+        for key in [
+            "scope",
+            "rules",
+            "when",
+            "set",
+            "first one that matches wins",
+        ] {
+            assert!(schema.contains(key), "{key} missing from {schema}");
+        }
+        let schema = schemars::schema_for!(Fleet).as_value().to_string();
+        for key in [
+            "device",
+            "group_by",
+            "anomalous_for",
+            "How long a device stays anomalous",
+        ] {
+            assert!(schema.contains(key), "{key} missing from {schema}");
+        }
+    }
+
+    #[test]
     fn check_reports_problems_with_the_rule_index() {
         let schema = fleet_schema();
         check_cx(|cx| {
-            let p = problem(rules("scope = \"hall\"\n[[rules]]\nwhen = \"true\"\nset = { a = 1 }").schemas(&schema, cx));
+            let p = problem(
+                rules("scope = \"hall\"\n[[rules]]\nwhen = \"true\"\nset = { a = 1 }")
+                    .schemas(&schema, cx),
+            );
             assert_eq!(p.key.as_deref(), Some("scope"));
             assert!(p.message.contains("`hall`"));
 
@@ -587,19 +770,32 @@ set = { threshold = 3.5 }
             let text = "scope = \"line\"\n[[rules]]\nwhen = \"anomalous_devices > 1\"\nset = { a = 1 }\n[[rules]]\nwhen = \"anomalous_devices + 1\"\nset = { a = 2 }";
             let p = problem(rules(text).schemas(&schema, cx));
             assert_eq!(p.key.as_deref(), Some("rules"));
-            assert!(p.message.starts_with("rule 1:") && p.message.contains("not a boolean"), "{}", p.message);
+            assert!(
+                p.message.starts_with("rule 1:") && p.message.contains("not a boolean"),
+                "{}",
+                p.message
+            );
 
-            let text = "scope = \"line\"\n[[rules]]\nwhen = \"anomalus_devices > 1\"\nset = { a = 1 }";
+            let text =
+                "scope = \"line\"\n[[rules]]\nwhen = \"anomalus_devices > 1\"\nset = { a = 1 }";
             let p = problem(rules(text).schemas(&schema, cx));
             assert_eq!(p.key.as_deref(), Some("rules"));
             assert!(p.message.starts_with("rule 0:"), "{}", p.message);
 
             let text = "scope = \"line\"\n[[rules]]\nwhen = \"anomalous_devices > 1\"\nset = {}";
             let p = problem(rules(text).schemas(&schema, cx));
-            assert!(p.message.contains("rule 0: `set` is empty"), "{}", p.message);
+            assert!(
+                p.message.contains("rule 0: `set` is empty"),
+                "{}",
+                p.message
+            );
 
-            let no_diff = schema_with_time([arrow::datatypes::Field::new("line", DataType::Utf8, false)]);
-            let p = problem(rules("scope = \"line\"\n[[rules]]\nwhen = \"true\"\nset = { a = 1 }").schemas(&no_diff, cx));
+            let no_diff =
+                schema_with_time([arrow::datatypes::Field::new("line", DataType::Utf8, false)]);
+            let p = problem(
+                rules("scope = \"line\"\n[[rules]]\nwhen = \"true\"\nset = { a = 1 }")
+                    .schemas(&no_diff, cx),
+            );
             assert!(p.message.contains("`diff`"), "{}", p.message);
         });
         assert!(toml::from_str::<PolicyRules>("scope = \"line\"\nrules = []\nextra = 1").is_err());
@@ -607,14 +803,28 @@ set = { threshold = 3.5 }
 
     #[test]
     fn emits_only_changes_when_crossing_a_threshold() {
-        let p = rules("scope = \"line\"\n[[rules]]\nwhen = \"anomalous_devices >= 3\"\nset = { threshold = 2.5 }");
+        let p = rules(
+            "scope = \"line\"\n[[rules]]\nwhen = \"anomalous_devices >= 3\"\nset = { threshold = 2.5 }",
+        );
         let input = vec![
             (1_000, fleet_rows(&[(1_000, "L1", 1, 1)])),
-            (2_000, fleet_rows(&[(2_000, "L1", 1, -1), (2_000, "L1", 3, 1)])), // crosses up
-            (3_000, fleet_rows(&[(3_000, "L1", 3, -1), (3_000, "L1", 4, 1)])), // still above: nothing
-            (4_000, fleet_rows(&[(4_000, "L1", 4, -1), (4_000, "L1", 2, 1)])), // crosses down
-            (5_000, fleet_rows(&[(5_000, "L1", 2, -1), (5_000, "L1", 5, 1)])), // up again
-            (6_000, fleet_rows(&[(6_000, "L1", 5, -1)])),                      // group retracted
+            (
+                2_000,
+                fleet_rows(&[(2_000, "L1", 1, -1), (2_000, "L1", 3, 1)]),
+            ), // crosses up
+            (
+                3_000,
+                fleet_rows(&[(3_000, "L1", 3, -1), (3_000, "L1", 4, 1)]),
+            ), // still above: nothing
+            (
+                4_000,
+                fleet_rows(&[(4_000, "L1", 4, -1), (4_000, "L1", 2, 1)]),
+            ), // crosses down
+            (
+                5_000,
+                fleet_rows(&[(5_000, "L1", 2, -1), (5_000, "L1", 5, 1)]),
+            ), // up again
+            (6_000, fleet_rows(&[(6_000, "L1", 5, -1)])), // group retracted
         ];
         let out = Harness::default().run_transform(&p, fleet_schema(), input);
         assert_eq!(
@@ -632,8 +842,14 @@ set = { threshold = 3.5 }
     fn first_matching_rule_wins() {
         let input = vec![
             (1_000, fleet_rows(&[(1_000, "L1", 1, 1)])),
-            (2_000, fleet_rows(&[(2_000, "L1", 1, -1), (2_000, "L1", 3, 1)])),
-            (3_000, fleet_rows(&[(3_000, "L1", 3, -1), (3_000, "L1", 2, 1)])),
+            (
+                2_000,
+                fleet_rows(&[(2_000, "L1", 1, -1), (2_000, "L1", 3, 1)]),
+            ),
+            (
+                3_000,
+                fleet_rows(&[(3_000, "L1", 3, -1), (3_000, "L1", 2, 1)]),
+            ),
             (4_000, fleet_rows(&[(4_000, "L1", 2, -1)])),
         ];
         let out = Harness::default().run_transform(&two_rules(), fleet_schema(), input);
@@ -656,9 +872,18 @@ set = { threshold = 3.5 }
     fn rows_of_one_time_split_across_batches_and_null_scopes() {
         // The retraction and the addition of time 2000 arrive in separate batches, the
         // second one early (at watermark 1000); a row with a null line is a dead letter.
-        let p = rules("scope = \"line\"\n[[rules]]\nwhen = \"anomalous_devices >= 3\"\nset = { threshold = 2.5 }");
+        let p = rules(
+            "scope = \"line\"\n[[rules]]\nwhen = \"anomalous_devices >= 3\"\nset = { threshold = 2.5 }",
+        );
+        let nullable = Arc::new(arrow::datatypes::Schema::new(
+            fleet_schema()
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone().with_nullable(true))
+                .collect::<Vec<_>>(),
+        ));
         let with_null = RecordBatch::try_new(
-            fleet_schema(),
+            nullable,
             vec![
                 time_array(vec![2_000, 2_000]),
                 Arc::new(StringArray::from(vec!["P1", "P1"])),
@@ -676,7 +901,10 @@ set = { threshold = 3.5 }
         let harness = Harness::default();
         let out = harness.run_transform(&p, fleet_schema(), input);
         // At 2000 the count is still 3 (one retraction, one addition): no change.
-        assert_eq!(changes(&out.main), vec![row(1_000, "threshold", "L1", "2.5", 1)]);
+        assert_eq!(
+            changes(&out.main),
+            vec![row(1_000, "threshold", "L1", "2.5", 1)]
+        );
         assert_eq!(out.side_rows(ops::DEAD_LETTER), 1);
     }
 
@@ -684,8 +912,14 @@ set = { threshold = 3.5 }
     fn two_lines() -> Vec<(Time, RecordBatch)> {
         vec![
             (1_000, anomalies(&[(1_000, "d1", "P1", "L1")])),
-            (2_000, anomalies(&[(2_000, "d2", "P1", "L1"), (2_000, "d4", "P1", "L2")])),
-            (3_000, anomalies(&[(3_000, "d3", "P1", "L1"), (3_500, "d1", "P1", "L1")])),
+            (
+                2_000,
+                anomalies(&[(2_000, "d2", "P1", "L1"), (2_000, "d4", "P1", "L2")]),
+            ),
+            (
+                3_000,
+                anomalies(&[(3_000, "d3", "P1", "L1"), (3_500, "d1", "P1", "L1")]),
+            ),
         ]
     }
 
@@ -710,7 +944,9 @@ set = { threshold = 3.5 }
     fn fleet_then_policy_for_two_lines() {
         let fleet: Fleet = toml::from_str("anomalous_for = \"10s\"").unwrap();
         let harness = Harness::default();
-        let mut counts = harness.run_transform(&fleet, anomaly_schema(), two_lines()).main;
+        let mut counts = harness
+            .run_transform(&fleet, anomaly_schema(), two_lines())
+            .main;
         counts.sort_by_key(|(t, _)| *t);
         let out = harness.run_transform(&two_rules(), fleet.output_schema(), counts);
         assert_eq!(sorted(changes(&out.main)), expected_two_lines());
@@ -719,12 +955,23 @@ set = { threshold = 3.5 }
     #[test]
     fn one_and_two_workers_agree() {
         let fleet: Fleet = toml::from_str("anomalous_for = \"10s\"").unwrap();
-        let mut counts = Harness::default().run_transform(&fleet, anomaly_schema(), two_lines()).main;
+        let mut counts = Harness::default()
+            .run_transform(&fleet, anomaly_schema(), two_lines())
+            .main;
         counts.sort_by_key(|(t, _)| *t);
         let policy: Arc<dyn Transform> = Arc::new(two_rules());
         for workers in [1, 2] {
-            let out = run_workers(workers, policy.clone(), fleet.output_schema(), counts.clone());
-            assert_eq!(sorted(changes(&out)), expected_two_lines(), "{workers} workers");
+            let out = run_workers(
+                workers,
+                policy.clone(),
+                fleet.output_schema(),
+                counts.clone(),
+            );
+            assert_eq!(
+                sorted(changes(&out)),
+                expected_two_lines(),
+                "{workers} workers"
+            );
         }
     }
 }

@@ -3,7 +3,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Float64Builder, Int64Array, RecordBatch, UInt32Array};
+use arrow::array::{
+    Array, ArrayRef, AsArray, Float64Array, Float64Builder, Int64Array, RecordBatch, UInt32Array,
+};
 use arrow::compute::{cast, take_record_batch};
 use arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef};
 use arrow::row::{RowConverter, SortField};
@@ -21,6 +23,7 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
+use crate::detect::FxBuild;
 use crate::filter::require_columns;
 
 /// An example pipeline fragment.
@@ -121,7 +124,14 @@ struct ColumnStats {
 
 impl Default for ColumnStats {
     fn default() -> Self {
-        ColumnStats { n: 0, sum: 0.0, min: f64::INFINITY, max: f64::NEG_INFINITY, mean: 0.0, m2: 0.0 }
+        ColumnStats {
+            n: 0,
+            sum: 0.0,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+            mean: 0.0,
+            m2: 0.0,
+        }
     }
 }
 
@@ -160,7 +170,9 @@ struct GroupState {
 /// A window that has not been emitted yet.
 struct Pending {
     cap: Capability<Time>,
-    groups: HashMap<Vec<u8>, GroupState>,
+    /// When the oldest of its rows entered the engine (for end-to-end latency).
+    created_ns: u64,
+    groups: HashMap<Vec<u8>, GroupState, FxBuild>,
 }
 
 /// Resolved settings shared by the operator and the check.
@@ -181,7 +193,8 @@ impl Window {
     fn plan(&self, input: &SchemaRef) -> Result<Plan, Problem> {
         let size = self.size.as_millis() as i64;
         if size <= 0 {
-            return Err(Problem::at("size", "the window size must be at least 1ms").with_help("for example size = \"10s\""));
+            return Err(Problem::at("size", "the window size must be at least 1ms")
+                .with_help("for example size = \"10s\""));
         }
         let slide = match self.slide {
             None => size,
@@ -196,7 +209,12 @@ impl Window {
         };
         match input.column_with_name(TIME_COLUMN) {
             Some((_, f)) if f.data_type() == &time_type() => {}
-            _ => return Err(Problem::general(format!("the input has no event-time column `ts` of type {}", time_type()))),
+            _ => {
+                return Err(Problem::general(format!(
+                    "the input has no event-time column `ts` of type {}",
+                    time_type()
+                )));
+            }
         }
         require_columns("key", &self.key, input)?;
         require_columns("aggregates", self.aggregates.keys(), input)?;
@@ -204,8 +222,10 @@ impl Window {
         let mut fields = vec![time_field(), Field::new(WINDOW_END, time_type(), false)];
         for k in &self.key {
             if k == TIME_COLUMN {
-                return Err(Problem::at("key", "`ts` cannot be a key: windows are on event time")
-                    .with_help("key on columns such as `device` or `line`"));
+                return Err(
+                    Problem::at("key", "`ts` cannot be a key: windows are on event time")
+                        .with_help("key on columns such as `device` or `line`"),
+                );
             }
             let (_, f) = input.column_with_name(k).expect("checked above");
             fields.push(f.as_ref().clone());
@@ -215,8 +235,11 @@ impl Window {
         let mut outputs = Vec::new();
         for (column, functions) in &self.aggregates {
             if functions.is_empty() {
-                return Err(Problem::at("aggregates", format!("no function listed for `{column}`"))
-                    .with_help("list some of count, sum, avg, min, max, stddev"));
+                return Err(Problem::at(
+                    "aggregates",
+                    format!("no function listed for `{column}`"),
+                )
+                .with_help("list some of count, sum, avg, min, max, stddev"));
             }
             let (_, field) = input.column_with_name(column).expect("checked above");
             let numeric = field.data_type().is_numeric();
@@ -225,19 +248,35 @@ impl Window {
                 if !numeric && *f != Aggregate::Count {
                     return Err(Problem::at(
                         "aggregates",
-                        format!("`{column}` is {}: `{}` needs a numeric column", field.data_type(), f.name()),
+                        format!(
+                            "`{column}` is {}: `{}` needs a numeric column",
+                            field.data_type(),
+                            f.name()
+                        ),
                     )
                     .with_help("only `count` applies to non-numeric columns"));
                 }
                 outputs.push((columns.len() - 1, *f));
-                let data_type = if *f == Aggregate::Count { DataType::Int64 } else { DataType::Float64 };
-                fields.push(Field::new(format!("{column}_{}", f.name()), data_type, *f != Aggregate::Count));
+                let data_type = if *f == Aggregate::Count {
+                    DataType::Int64
+                } else {
+                    DataType::Float64
+                };
+                fields.push(Field::new(
+                    format!("{column}_{}", f.name()),
+                    data_type,
+                    *f != Aggregate::Count,
+                ));
             }
         }
         let mut seen = std::collections::BTreeSet::new();
         for f in &fields {
             if !seen.insert(f.name().as_str()) {
-                let key = if self.key.contains(f.name()) { "key" } else { "aggregates" };
+                let key = if self.key.contains(f.name()) {
+                    "key"
+                } else {
+                    "aggregates"
+                };
                 return Err(Problem::at(key, format!("two output columns would be named `{}`", f.name()))
                     .with_help("each aggregate is listed once per column, and keys must not be named `window_end`, `count` or `<column>_<function>`"));
             }
@@ -277,12 +316,21 @@ impl WindowState {
             let fields = plan
                 .key
                 .iter()
-                .map(|k| input.field_with_name(k).map(|f| SortField::new(f.data_type().clone())))
+                .map(|k| {
+                    input
+                        .field_with_name(k)
+                        .map(|f| SortField::new(f.data_type().clone()))
+                })
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| e.to_string())?;
             Some(RowConverter::new(fields).map_err(|e| e.to_string())?)
         };
-        Ok(WindowState { plan, converter, pending: BTreeMap::new(), late_rows: Vec::new() })
+        Ok(WindowState {
+            plan,
+            converter,
+            pending: BTreeMap::new(),
+            late_rows: Vec::new(),
+        })
     }
 
     /// Adds the rows of `batch`, received at input time `time`, to their open windows;
@@ -291,6 +339,7 @@ impl WindowState {
         &mut self,
         batch: &RecordBatch,
         time: Time,
+        created_ns: u64,
         mut delayed: impl FnMut(Time) -> Capability<Time>,
     ) -> Result<Option<RecordBatch>, String> {
         let n = batch.num_rows();
@@ -307,7 +356,12 @@ impl WindowState {
                     .plan
                     .key
                     .iter()
-                    .map(|k| batch.column_by_name(k).cloned().ok_or_else(|| format!("missing key column `{k}`")))
+                    .map(|k| {
+                        batch
+                            .column_by_name(k)
+                            .cloned()
+                            .ok_or_else(|| format!("missing key column `{k}`"))
+                    })
                     .collect::<Result<_, _>>()?;
                 Some(conv.convert_columns(&cols).map_err(|e| e.to_string())?)
             }
@@ -318,12 +372,19 @@ impl WindowState {
             .columns
             .iter()
             .map(|c| {
-                let col = batch.column_by_name(c).ok_or_else(|| format!("missing column `{c}`"))?;
+                let col = batch
+                    .column_by_name(c)
+                    .ok_or_else(|| format!("missing column `{c}`"))?;
                 if col.data_type().is_numeric() {
-                    cast(col, &DataType::Float64).map(|a| a.as_primitive::<Float64Type>().clone()).map_err(|e| e.to_string())
+                    cast(col, &DataType::Float64)
+                        .map(|a| a.as_primitive::<Float64Type>().clone())
+                        .map_err(|e| e.to_string())
                 } else {
                     // Only counted: any value stands for "present".
-                    Ok(Float64Array::new(vec![0.0; col.len()].into(), col.logical_nulls()))
+                    Ok(Float64Array::new(
+                        vec![0.0; col.len()].into(),
+                        col.logical_nulls(),
+                    ))
                 }
             })
             .collect::<Result<_, String>>()?;
@@ -346,16 +407,24 @@ impl WindowState {
                 }
                 placed = true;
                 let cap_time = start.max(now) as Time;
-                let pending = self.pending.entry(start).or_insert_with(|| Pending { cap: delayed(cap_time), groups: HashMap::new() });
+                let pending = self.pending.entry(start).or_insert_with(|| Pending {
+                    cap: delayed(cap_time),
+                    created_ns,
+                    groups: HashMap::default(),
+                });
                 if *pending.cap.time() > cap_time {
                     pending.cap = delayed(cap_time);
                 }
+                pending.created_ns = pending.created_ns.min(created_ns);
                 let group = match pending.groups.get_mut(key) {
                     Some(g) => g,
                     None => pending
                         .groups
                         .entry(key.to_vec())
-                        .or_insert_with(|| GroupState { rows: 0, columns: vec![ColumnStats::default(); n_cols] }),
+                        .or_insert_with(|| GroupState {
+                            rows: 0,
+                            columns: vec![ColumnStats::default(); n_cols],
+                        }),
                 };
                 group.rows += 1;
                 for (stats, col) in group.columns.iter_mut().zip(&values) {
@@ -375,12 +444,17 @@ impl WindowState {
             return Ok(None);
         }
         let indices = UInt32Array::from(std::mem::take(&mut self.late_rows));
-        take_record_batch(batch, &indices).map(Some).map_err(|e| e.to_string())
+        take_record_batch(batch, &indices)
+            .map(Some)
+            .map_err(|e| e.to_string())
     }
 
     /// Removes the windows that close at `frontier` (every window when it is `None`: the
     /// input ended) and returns their rows, with the capability to send them at.
-    fn close(&mut self, frontier: Option<Time>) -> Result<Option<(Capability<Time>, RecordBatch)>, String> {
+    fn close(
+        &mut self,
+        frontier: Option<Time>,
+    ) -> Result<Option<(Capability<Time>, Batch)>, String> {
         let (size, lateness) = (self.plan.size, self.plan.lateness);
         let mut ready = Vec::new();
         while let Some(entry) = self.pending.first_entry() {
@@ -392,15 +466,31 @@ impl WindowState {
             }
             ready.push((start, entry.remove()));
         }
-        let Some(cap) = ready.iter().map(|(_, p)| &p.cap).min_by_key(|c| *c.time()).cloned() else {
+        let Some(cap) = ready
+            .iter()
+            .map(|(_, p)| &p.cap)
+            .min_by_key(|c| *c.time())
+            .cloned()
+        else {
             return Ok(None);
         };
         let rows: usize = ready.iter().map(|(_, p)| p.groups.len()).sum();
+        let created_ns = ready
+            .iter()
+            .map(|(_, p)| p.created_ns)
+            .min()
+            .unwrap_or_default();
         let mut starts = Vec::with_capacity(rows);
         let mut ends = Vec::with_capacity(rows);
         let mut counts = Vec::with_capacity(rows);
-        let mut keys: Vec<Vec<u8>> = Vec::with_capacity(if self.converter.is_some() { rows } else { 0 });
-        let mut aggs: Vec<Float64Builder> = self.plan.outputs.iter().map(|_| Float64Builder::with_capacity(rows)).collect();
+        let mut keys: Vec<Vec<u8>> =
+            Vec::with_capacity(if self.converter.is_some() { rows } else { 0 });
+        let mut aggs: Vec<Float64Builder> = self
+            .plan
+            .outputs
+            .iter()
+            .map(|_| Float64Builder::with_capacity(rows))
+            .collect();
         for (start, pending) in ready {
             for (key, group) in pending.groups {
                 starts.push(start);
@@ -414,30 +504,51 @@ impl WindowState {
                 }
             }
         }
-        let mut columns: Vec<ArrayRef> =
-            vec![isthmus_engine::batch::time_array(starts), isthmus_engine::batch::time_array(ends)];
+        let mut columns: Vec<ArrayRef> = vec![
+            isthmus_engine::batch::time_array(starts),
+            isthmus_engine::batch::time_array(ends),
+        ];
         if let Some(conv) = &self.converter {
             let parser = conv.parser();
-            columns.extend(conv.convert_rows(keys.iter().map(|k| parser.parse(k))).map_err(|e| e.to_string())?);
+            columns.extend(
+                conv.convert_rows(keys.iter().map(|k| parser.parse(k)))
+                    .map_err(|e| e.to_string())?,
+            );
         }
         columns.push(Arc::new(Int64Array::from(counts)));
         for ((_, f), mut builder) in self.plan.outputs.iter().zip(aggs) {
             let values = builder.finish();
-            columns.push(if *f == Aggregate::Count { cast(&values, &DataType::Int64).map_err(|e| e.to_string())? } else { Arc::new(values) });
+            columns.push(if *f == Aggregate::Count {
+                cast(&values, &DataType::Int64).map_err(|e| e.to_string())?
+            } else {
+                Arc::new(values)
+            });
         }
-        let batch = RecordBatch::try_new(self.plan.output_schema.clone(), columns).map_err(|e| e.to_string())?;
-        Ok(Some((cap, batch)))
+        let batch = RecordBatch::try_new(self.plan.output_schema.clone(), columns)
+            .map_err(|e| e.to_string())?;
+        Ok(Some((cap, Batch::derived(batch, created_ns))))
     }
 }
 
 impl Transform for Window {
-    fn schemas(&self, input: &SchemaRef, _cx: &CheckContext<'_>) -> Result<Outputs<SchemaRef>, Problem> {
+    fn schemas(
+        &self,
+        input: &SchemaRef,
+        _cx: &CheckContext<'_>,
+    ) -> Result<Outputs<SchemaRef>, Problem> {
         let plan = self.plan(input)?;
         Ok(Outputs::main(plan.output_schema).with_side(ops::LATE, input.clone()))
     }
 
-    fn build<'s>(&self, input: BatchStream<'s>, cx: &BuildContext<'s>) -> Result<Outputs<BatchStream<'s>>, EngineError> {
-        let schema = cx.input_schema.clone().ok_or_else(|| cx.error("window has no input schema"))?;
+    fn build<'s>(
+        &self,
+        input: BatchStream<'s>,
+        cx: &BuildContext<'s>,
+    ) -> Result<Outputs<BatchStream<'s>>, EngineError> {
+        let schema = cx
+            .input_schema
+            .clone()
+            .ok_or_else(|| cx.error("window has no input schema"))?;
         let plan = self.plan(&schema).map_err(|p| cx.error(p.message))?;
         let mut state = WindowState::new(plan, &schema).map_err(|e| cx.error(e))?;
         let input = ops::exchange_by_key(input, self.key.clone());
@@ -458,7 +569,7 @@ impl Transform for Window {
                     let Some(time) = cap.least().copied() else { return };
                     for container in data {
                         for batch in container.drain(..) {
-                            match state.absorb(&batch.data, time, |t| cap.delayed(&t, 0)) {
+                            match state.absorb(&batch.data, time, batch.created_ns, |t| cap.delayed(&t, 0)) {
                                 Ok(None) => {}
                                 Ok(Some(rows)) => {
                                     ComponentMetrics::add(&metrics.late, rows.num_rows() as u64);
@@ -476,7 +587,7 @@ impl Transform for Window {
                 });
                 let frontier = frontiers[0].frontier().first().copied();
                 match state.close(frontier) {
-                    Ok(Some((cap, rows))) => main.session(&cap).give(Batch::new(rows)),
+                    Ok(Some((cap, rows))) => main.session(&cap).give(rows),
                     Ok(None) => {}
                     Err(e) => tracing::error!(component = %name, "cannot emit windows: {e}"),
                 }
@@ -520,19 +631,34 @@ pub(crate) mod testkit {
     ) -> Run {
         let main = Arc::new(Mutex::new(Vec::new()));
         let side = Arc::new(Mutex::new(Vec::new()));
-        let metrics = Arc::new(ComponentMetrics::new("under_test", Kind::Transform, "test", false));
+        let metrics = Arc::new(ComponentMetrics::new(
+            "under_test",
+            Kind::Transform,
+            "test",
+            false,
+        ));
         let input = Arc::new(input);
         let (m, s, mx) = (main.clone(), side.clone(), metrics.clone());
-        let config = if workers == 1 { timely::Config::thread() } else { timely::Config::process(workers) };
+        let config = if workers == 1 {
+            timely::Config::thread()
+        } else {
+            timely::Config::process(workers)
+        };
         let guards = timely::execute(config, move |worker| {
-            let mut handle: InputHandle<Time, timely::container::CapacityContainerBuilder<Vec<Batch>>> = InputHandle::new();
-            let mut probe = timely::dataflow::ProbeHandle::new();
+            let mut handle: InputHandle<
+                Time,
+                timely::container::CapacityContainerBuilder<Vec<Batch>>,
+            > = InputHandle::new();
+            let probe = timely::dataflow::ProbeHandle::new();
             worker.dataflow::<Time, _, _>(|scope| {
                 let stream = scope.input_from(&mut handle);
                 let cx = BuildContext {
                     scope,
                     name: "under_test".into(),
-                    node: Arc::new(NodeSpec { id: "test-node".into(), role: Role::Standalone }),
+                    node: Arc::new(NodeSpec {
+                        id: "test-node".into(),
+                        role: Role::Standalone,
+                    }),
                     policy: policy.clone(),
                     metrics: mx.clone(),
                     channels: Arc::new(ChannelHub::new()),
@@ -547,20 +673,25 @@ pub(crate) mod testkit {
                     .inspect_core(move |event| {
                         if let Ok((stamp, data)) = event {
                             let t = stamp.least().copied().unwrap_or_default();
-                            m.lock().unwrap().extend(data.iter().map(|b: &Batch| (t, b.data.clone())));
+                            m.lock()
+                                .unwrap()
+                                .extend(data.iter().map(|b: &Batch| (t, b.data.clone())));
                         }
                     })
-                    .probe_with(&mut probe);
+                    .probe_with(&probe);
                 for (name, stream) in outputs.side {
                     let s = s.clone();
                     stream
                         .inspect_core(move |event| {
                             if let Ok((stamp, data)) = event {
                                 let t = stamp.least().copied().unwrap_or_default();
-                                s.lock().unwrap().extend(data.iter().map(|b: &Batch| (name.to_string(), t, b.data.clone())));
+                                s.lock().unwrap().extend(
+                                    data.iter()
+                                        .map(|b: &Batch| (name.to_string(), t, b.data.clone())),
+                                );
                             }
                         })
-                        .probe_with(&mut probe);
+                        .probe_with(&probe);
                 }
             });
             if worker.index() == 0 {
@@ -583,7 +714,11 @@ pub(crate) mod testkit {
         }
         let main = std::mem::take(&mut *main.lock().unwrap());
         let side = std::mem::take(&mut *side.lock().unwrap());
-        Run { main, side, metrics }
+        Run {
+            main,
+            side,
+            metrics,
+        }
     }
 
     /// A tiny deterministic RNG (SplitMix64).
@@ -629,9 +764,15 @@ mod tests {
             schema(),
             vec![
                 time_array(rows.iter().map(|r| r.0).collect()),
-                Arc::new(StringArray::from(rows.iter().map(|r| r.1).collect::<Vec<_>>())),
-                Arc::new(Float64Array::from(rows.iter().map(|r| r.2).collect::<Vec<_>>())),
-                Arc::new(Int64Array::from(rows.iter().map(|r| r.3).collect::<Vec<_>>())),
+                Arc::new(StringArray::from(
+                    rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+                )),
+                Arc::new(Float64Array::from(
+                    rows.iter().map(|r| r.2).collect::<Vec<_>>(),
+                )),
+                Arc::new(Int64Array::from(
+                    rows.iter().map(|r| r.3).collect::<Vec<_>>(),
+                )),
             ],
         )
         .unwrap()
@@ -644,7 +785,16 @@ mod tests {
             slide: slide.map(|s| DurationSpec(std::time::Duration::from_millis(s))),
             allowed_lateness: DurationSpec(std::time::Duration::from_millis(lateness)),
             aggregates: BTreeMap::from([
-                ("temperature".to_string(), vec![Aggregate::Avg, Aggregate::Min, Aggregate::Max, Aggregate::Stddev, Aggregate::Count]),
+                (
+                    "temperature".to_string(),
+                    vec![
+                        Aggregate::Avg,
+                        Aggregate::Min,
+                        Aggregate::Max,
+                        Aggregate::Stddev,
+                        Aggregate::Count,
+                    ],
+                ),
                 ("level".to_string(), vec![Aggregate::Sum]),
             ]),
         }
@@ -657,12 +807,23 @@ mod tests {
     fn rows_of(batches: &[(Time, RecordBatch)], keyed: bool) -> Vec<Row> {
         let mut out = Vec::new();
         for (_, b) in batches {
-            let start = b.column(0).as_primitive::<arrow::datatypes::TimestampMillisecondType>();
-            let end = b.column(1).as_primitive::<arrow::datatypes::TimestampMillisecondType>();
+            let start = b
+                .column(0)
+                .as_primitive::<arrow::datatypes::TimestampMillisecondType>();
+            let end = b
+                .column(1)
+                .as_primitive::<arrow::datatypes::TimestampMillisecondType>();
             let first_agg = if keyed { 3 } else { 2 };
             for i in 0..b.num_rows() {
-                let key = if keyed { b.column(2).as_string::<i32>().value(i).to_string() } else { String::new() };
-                let count = b.column(first_agg).as_primitive::<arrow::datatypes::Int64Type>().value(i);
+                let key = if keyed {
+                    b.column(2).as_string::<i32>().value(i).to_string()
+                } else {
+                    String::new()
+                };
+                let count = b
+                    .column(first_agg)
+                    .as_primitive::<arrow::datatypes::Int64Type>()
+                    .value(i);
                 let aggs = (first_agg + 1..b.num_columns())
                     .map(|c| {
                         let col = cast(b.column(c), &DataType::Float64).unwrap();
@@ -677,14 +838,19 @@ mod tests {
         out
     }
 
+    /// A row's (temperature, level) as the oracle keeps it.
+    type OracleValue = (Option<f64>, i64);
+
     /// Brute force: the windows each row belongs to (only those still open when it arrives),
     /// and the late rows.
     fn oracle(w: &Window, input: &[(Time, RecordBatch)]) -> (Vec<Row>, usize, usize) {
         let plan = w.plan(&schema()).unwrap();
-        let mut windows: BTreeMap<(i64, String), Vec<(Option<f64>, i64)>> = BTreeMap::new();
+        let mut windows: BTreeMap<(i64, String), Vec<OracleValue>> = BTreeMap::new();
         let (mut late, mut placed) = (0, 0);
         for (time, b) in input {
-            let ts = b.column(0).as_primitive::<arrow::datatypes::TimestampMillisecondType>();
+            let ts = b
+                .column(0)
+                .as_primitive::<arrow::datatypes::TimestampMillisecondType>();
             let dev = b.column(1).as_string::<i32>();
             let temp = b.column(2).as_primitive::<Float64Type>();
             let level = b.column(3).as_primitive::<arrow::datatypes::Int64Type>();
@@ -696,8 +862,15 @@ mod tests {
                 while s > t - plan.size {
                     if s + plan.size + plan.lateness > *time as i64 {
                         any = true;
-                        let key = if w.key.is_empty() { String::new() } else { dev.value(i).to_string() };
-                        windows.entry((s, key)).or_default().push((temp.is_valid(i).then(|| temp.value(i)), level.value(i)));
+                        let key = if w.key.is_empty() {
+                            String::new()
+                        } else {
+                            dev.value(i).to_string()
+                        };
+                        windows
+                            .entry((s, key))
+                            .or_default()
+                            .push((temp.is_valid(i).then(|| temp.value(i)), level.value(i)));
                     }
                     s -= plan.slide;
                 }
@@ -709,7 +882,11 @@ mod tests {
             let xs: Vec<f64> = vals.iter().filter_map(|v| v.0).collect();
             let n = xs.len() as f64;
             let r = |x: f64| Some((x * 1e6).round() as i64);
-            let avg = if xs.is_empty() { None } else { r(xs.iter().sum::<f64>() / n) };
+            let avg = if xs.is_empty() {
+                None
+            } else {
+                r(xs.iter().sum::<f64>() / n)
+            };
             let min = xs.iter().copied().reduce(f64::min).and_then(r);
             let max = xs.iter().copied().reduce(f64::max).and_then(r);
             let sd = if xs.len() < 2 {
@@ -720,7 +897,13 @@ mod tests {
             };
             let level_sum = r(vals.iter().map(|v| v.1 as f64).sum());
             // Output order: level_sum, then temperature avg, min, max, stddev, count.
-            rows.push((s, s + plan.size, key, vals.len() as i64, vec![level_sum, avg, min, max, sd, r(n)]));
+            rows.push((
+                s,
+                s + plan.size,
+                key,
+                vals.len() as i64,
+                vec![level_sum, avg, min, max, sd, r(n)],
+            ));
         }
         rows.sort();
         (rows, placed, late)
@@ -737,8 +920,17 @@ mod tests {
             for _ in 0..rng.below(30) {
                 // Mostly ahead of the watermark, some behind it (late or within lateness).
                 let ts = time + rng.below(150) as i64 - 60;
-                let temp = if rng.below(10) == 0 { None } else { Some(rng.below(1000) as f64 / 8.0) };
-                rows.push((ts, devices[rng.below(5) as usize], temp, rng.below(100) as i64 - 50));
+                let temp = if rng.below(10) == 0 {
+                    None
+                } else {
+                    Some(rng.below(1000) as f64 / 8.0)
+                };
+                rows.push((
+                    ts,
+                    devices[rng.below(5) as usize],
+                    temp,
+                    rng.below(100) as i64 - 50,
+                ));
             }
             input.push((time as Time, batch(&rows)));
         }
@@ -766,10 +958,21 @@ mod tests {
                 let keyed = !w.key.is_empty();
                 let mut previous: Option<Vec<Row>> = None;
                 for workers in [1, 2] {
-                    let out = run(Arc::new(w.clone()), schema(), input.clone(), workers, policy());
+                    let out = run(
+                        Arc::new(w.clone()),
+                        schema(),
+                        input.clone(),
+                        workers,
+                        policy(),
+                    );
                     let got = rows_of(&out.main, keyed);
                     assert_eq!(got, expected, "seed {seed} config {ci} workers {workers}");
-                    let late_rows: usize = out.side.iter().filter(|(n, _, _)| n == ops::LATE).map(|(_, _, b)| b.num_rows()).sum();
+                    let late_rows: usize = out
+                        .side
+                        .iter()
+                        .filter(|(n, _, _)| n == ops::LATE)
+                        .map(|(_, _, b)| b.num_rows())
+                        .sum();
                     assert_eq!(late_rows, late, "seed {seed} config {ci}");
                     assert_eq!(ComponentMetrics::get(&out.metrics.late), late as u64);
                     if w.slide.is_none() {
@@ -788,12 +991,25 @@ mod tests {
 
     #[test]
     fn emits_each_window_once_when_the_watermark_passes() {
-        let w = Window { aggregates: BTreeMap::new(), ..window(None, 0, &["device"]) };
+        let w = Window {
+            aggregates: BTreeMap::new(),
+            ..window(None, 0, &["device"])
+        };
         let input = vec![
-            (0, batch(&[(10, "a", Some(1.0), 1), (20, "b", Some(2.0), 1), (150, "a", Some(3.0), 1)])),
+            (
+                0,
+                batch(&[
+                    (10, "a", Some(1.0), 1),
+                    (20, "b", Some(2.0), 1),
+                    (150, "a", Some(3.0), 1),
+                ]),
+            ),
             (120, batch(&[(130, "a", Some(1.0), 1)])),
             // Behind the watermark: window [0, 100) closed at 100.
-            (210, batch(&[(50, "a", Some(1.0), 1), (205, "a", Some(1.0), 1)])),
+            (
+                210,
+                batch(&[(50, "a", Some(1.0), 1), (205, "a", Some(1.0), 1)]),
+            ),
         ];
         let out = run(Arc::new(w), schema(), input, 1, policy());
         // First window [0,100): emitted at time 0 (its capability), before the rest.
@@ -802,9 +1018,13 @@ mod tests {
             for i in 0..b.num_rows() {
                 by_time.push((
                     *t,
-                    b.column(0).as_primitive::<arrow::datatypes::TimestampMillisecondType>().value(i),
+                    b.column(0)
+                        .as_primitive::<arrow::datatypes::TimestampMillisecondType>()
+                        .value(i),
                     b.column(2).as_string::<i32>().value(i).to_string(),
-                    b.column(3).as_primitive::<arrow::datatypes::Int64Type>().value(i),
+                    b.column(3)
+                        .as_primitive::<arrow::datatypes::Int64Type>()
+                        .value(i),
                 ));
             }
         }
@@ -843,7 +1063,12 @@ mod tests {
         assert!(w.plan(&s).unwrap_err().message.contains("numeric"));
         w.aggregates.insert("device".into(), vec![Aggregate::Count]);
         let plan = w.plan(&s).unwrap();
-        let names: Vec<&str> = plan.output_schema.fields().iter().map(|f| f.name().as_str()).collect();
+        let names: Vec<&str> = plan
+            .output_schema
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect();
         assert_eq!(
             names,
             [
@@ -860,18 +1085,30 @@ mod tests {
                 "temperature_count"
             ]
         );
-        w.aggregates.insert("level".into(), vec![Aggregate::Sum, Aggregate::Sum]);
-        assert!(w.plan(&s).unwrap_err().message.contains("two output columns"));
+        w.aggregates
+            .insert("level".into(), vec![Aggregate::Sum, Aggregate::Sum]);
+        assert!(
+            w.plan(&s)
+                .unwrap_err()
+                .message
+                .contains("two output columns")
+        );
     }
 
     #[test]
     fn example_parses() {
         let table: toml::Table = toml::from_str(EXAMPLE).unwrap();
-        let mut t = table["transforms"]["per_line_10s"].as_table().unwrap().clone();
+        let mut t = table["transforms"]["per_line_10s"]
+            .as_table()
+            .unwrap()
+            .clone();
         t.remove("type");
         t.remove("inputs");
         let w: Window = t.try_into().unwrap();
         assert_eq!(w.size.as_millis(), 10_000);
-        assert_eq!(w.aggregates["temperature"], vec![Aggregate::Avg, Aggregate::Max, Aggregate::Stddev]);
+        assert_eq!(
+            w.aggregates["temperature"],
+            vec![Aggregate::Avg, Aggregate::Max, Aggregate::Stddev]
+        );
     }
 }

@@ -43,7 +43,13 @@ fn sim_filter_loop(devices: usize, seconds: usize) -> (Duration, u64, u64) {
     let started = Instant::now();
     let (mut events, mut kept) = (0u64, 0u64);
     let mut out: Vec<(i64, usize, f64, f64, f64, f64)> = Vec::with_capacity(1024);
-    isthmus_connectors::simulator::for_each_reading(devices, seconds as u64, 42, |ts, device, r| {
+    let simulator = isthmus_connectors::simulator::SimulatorSource {
+        devices,
+        duration: isthmus_engine::units::DurationSpec(Duration::from_secs(seconds as u64)),
+        seed: 42,
+        ..Default::default()
+    };
+    let generated = simulator.for_each_reading(|ts, device, r| {
         events += 1;
         if r.temperature > 70.0 {
             kept += 1;
@@ -54,6 +60,7 @@ fn sim_filter_loop(devices: usize, seconds: usize) -> (Duration, u64, u64) {
             }
         }
     });
+    generated.expect("valid simulator config");
     std::hint::black_box(&out);
     (started.elapsed(), events, kept)
 }
@@ -134,7 +141,8 @@ inputs = ["alerts"]
     path
 }
 
-/// Per-device EWMA z-score, as `detect` defines it (alpha 0.05, warm-up 30 rows).
+/// Per-device EWMA z-score, as `detect` defines it (alpha 0.05, warm-up 30 rows, the mean
+/// starting at the first value).
 #[derive(Default)]
 struct Ewma {
     n: u64,
@@ -161,6 +169,9 @@ fn csv_detect_loop(csv: &Path) -> (Duration, u64, u64) {
             Some(s) => s,
             None => state.entry(record[1].to_vec()).or_default(),
         };
+        if s.n == 0 {
+            s.mean = value;
+        }
         let std = s.var.sqrt().max(s.mean.abs() * 0.001).max(1e-9);
         let score = if s.n >= 30 { (value - s.mean).abs() / std } else { 0.0 };
         let delta = value - s.mean;

@@ -244,6 +244,9 @@ mod tests {
 
     use super::*;
 
+    /// Batches received: the time each was sent at and its `x` values.
+    type Received = Rc<RefCell<Vec<(Time, Vec<i64>)>>>;
+
     fn context<'s>(scope: Scope<'s>, hub: &Arc<ChannelHub>, kind: Kind) -> BuildContext<'s> {
         BuildContext {
             scope,
@@ -289,9 +292,9 @@ mod tests {
             ),
             Some(std::time::Instant::now()),
         );
-        let received: Rc<RefCell<Vec<(Time, Vec<i64>)>>> = Default::default();
+        let received: Received = Default::default();
         let mut input: InputHandle<Time, CapacityContainerBuilder<Vec<Batch>>> = InputHandle::new();
-        let mut probe = ProbeHandle::new();
+        let probe = ProbeHandle::new();
         // The writing pipeline.
         worker.dataflow::<Time, _, _>(|scope| {
             let stream = scope.input_from(&mut input);
@@ -323,7 +326,7 @@ mod tests {
                         }
                     }
                 })
-                .probe_with(&mut probe);
+                .probe_with(&probe);
         });
 
         input.advance_to(1000);
@@ -416,5 +419,59 @@ mod tests {
             .check(&schema, &cx)
             .is_err()
         );
+    }
+
+    fn run_linked(workers: usize) -> (u64, u64, u64) {
+        use isthmus_engine::runtime::{Node, RunOptions, run};
+        use isthmus_engine::{Registry, spec::parse_str, validate::validate_all};
+
+        let mut registry = Registry::new();
+        registry
+            .source::<crate::simulator::SimulatorSource>("simulator", crate::simulator::EXAMPLE)
+            .source::<ChannelSource>("channel", SOURCE_EXAMPLE)
+            .sink::<ChannelSink>("channel", SINK_EXAMPLE)
+            .sink::<crate::null::NullSink>("null", crate::null::EXAMPLE);
+        let base = "[sources.sim]\ntype = \"simulator\"\ndevices = 7\nduration = \"10m\"\n";
+        let edge = format!("[node]\nid = \"edge\"\n\n{base}\n{SINK_EXAMPLE}");
+        let cloud = format!(
+            "[node]\nid = \"cloud\"\n\n{SOURCE_EXAMPLE}\n[sinks.discard]\ntype = \"null\"\ninputs = [\"from_edge\"]\n"
+        );
+        let specs = vec![
+            parse_str(&edge, std::path::Path::new("edge.toml"), &registry).unwrap(),
+            parse_str(&cloud, std::path::Path::new("cloud.toml"), &registry).unwrap(),
+        ];
+        let plans = validate_all(specs).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            plans[1].schemas["from_edge"],
+            crate::simulator::simulator_schema()
+        );
+        let nodes: Vec<Node> = plans.into_iter().map(Node::new).collect();
+        run(
+            &nodes,
+            &RunOptions {
+                workers,
+                ..RunOptions::default()
+            },
+        )
+        .unwrap();
+        let get = |node: &Node, name: &str, out: bool| {
+            let m = node.component_metrics(name).unwrap();
+            ComponentMetrics::get(if out { &m.rows_out } else { &m.rows_in })
+        };
+        (
+            get(&nodes[0], "sim", true),
+            get(&nodes[0], "to_cloud", false),
+            get(&nodes[1], "discard", false),
+        )
+    }
+
+    #[test]
+    fn examples_link_two_pipelines_with_one_and_two_workers() {
+        for workers in [1, 2] {
+            let (produced, sent, received) = run_linked(workers);
+            assert!(produced > 7 * 500, "{produced} rows");
+            assert_eq!(sent, produced, "{workers} workers");
+            assert_eq!(received, produced, "{workers} workers");
+        }
     }
 }

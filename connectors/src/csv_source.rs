@@ -25,7 +25,7 @@ use crate::replay::{
 /// An example pipeline fragment.
 pub const EXAMPLE: &str = r#"[sources.machine]
 type = "csv"
-path = "data/machine_temperature.csv"
+path = "pipelines/examples/data/machine_temperature.csv"
 timestamp_column = "timestamp"
 timestamp_format = "%Y-%m-%d %H:%M:%S"
 columns = { value = "float64" }
@@ -801,64 +801,4 @@ mod tests {
         assert_eq!(times(&b), vec![1000, 2000]);
     }
 
-    /// Replays every NAB and SKAB CSV under `$ISTHMUS_DATA` (e.g. `/work/shared/data`):
-    /// `ISTHMUS_DATA=/work/shared/data cargo test -p isthmus-connectors real_data -- --ignored`.
-    #[test]
-    #[ignore = "needs the real data sets in $ISTHMUS_DATA"]
-    fn real_data_every_row_comes_out() {
-        let Ok(root) = std::env::var("ISTHMUS_DATA") else {
-            return;
-        };
-        let mut files = Vec::new();
-        let mut stack = vec![PathBuf::from(root)];
-        while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(&d).unwrap() {
-                let p = e.unwrap().path();
-                if p.is_dir() {
-                    stack.push(p);
-                } else if p.extension().is_some_and(|x| x == "csv") {
-                    files.push(p);
-                }
-            }
-        }
-        files.sort();
-        let (mut total_in, mut total_out, mut total_dead) = (0, 0, 0);
-        let started = Instant::now();
-        for f in &files {
-            let text = std::fs::read(f).unwrap();
-            let lines = text
-                .split(|b| *b == b'\n')
-                .filter(|l| !l.is_empty() && *l != b"\r")
-                .count()
-                - 1;
-            let skab = text.starts_with(b"datetime;");
-            let cfg = if skab {
-                format!(
-                    "path = {:?}\ndelimiter = \";\"\ntimestamp_column = \"datetime\"",
-                    f.display().to_string()
-                )
-            } else {
-                format!("path = {:?}", f.display().to_string())
-            };
-            let s = source(&cfg);
-            let dir = f.parent().unwrap();
-            schemas(&s, dir).unwrap();
-            let got = harness(dir).run_source(&s);
-            assert_eq!(
-                got.main_rows() + got.side_rows("dead_letter"),
-                lines,
-                "{}",
-                f.display()
-            );
-            total_in += lines;
-            total_out += got.main_rows();
-            total_dead += got.side_rows("dead_letter");
-        }
-        eprintln!(
-            "{} files, {total_in} rows in, {total_out} out, {total_dead} dead letters, {:?}",
-            files.len(),
-            started.elapsed()
-        );
-        assert_eq!(total_dead, 0);
-    }
 }

@@ -413,4 +413,59 @@ mod tests {
             Some("path")
         );
     }
+
+    /// Runs csv source -> jsonl sink on `workers` timely workers and returns the file's lines.
+    fn run_csv_to_jsonl(dir: &Path, workers: usize) -> Vec<String> {
+        use isthmus_engine::channel::ChannelHub;
+        use isthmus_engine::component::{Kind, Source};
+        use isthmus_engine::policy::PolicyStore;
+        use isthmus_engine::spec::{NodeSpec, Role};
+
+        let source: CsvSource = toml::from_str("path = \"in.csv\"\nbatch_rows = 7").unwrap();
+        let sink: JsonlSink = toml::from_str(&format!("path = \"out{workers}.jsonl\"")).unwrap();
+        let base = dir.to_path_buf();
+        let metrics = Arc::new(ComponentMetrics::new("t", Kind::Source, "csv", false));
+        let policy = Arc::new(PolicyStore::new(Default::default(), Default::default()));
+        let hub = Arc::new(ChannelHub::new());
+        let guards = timely::execute(timely::Config::process(workers), move |worker| {
+            worker.dataflow::<Time, _, _>(|scope| {
+                let cx = BuildContext {
+                    scope,
+                    name: "t".into(),
+                    node: Arc::new(NodeSpec {
+                        id: "n".into(),
+                        role: Role::Standalone,
+                    }),
+                    policy: policy.clone(),
+                    metrics: metrics.clone(),
+                    channels: hub.clone(),
+                    shutdown: Default::default(),
+                    input_schema: None,
+                    base_dir: base.clone(),
+                };
+                let out = source.build(&cx).unwrap();
+                sink.build(out.main, &cx).unwrap();
+            });
+        })
+        .unwrap();
+        for g in guards.join() {
+            g.unwrap();
+        }
+        let text = std::fs::read_to_string(dir.join(format!("out{workers}.jsonl"))).unwrap();
+        text.lines().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn one_and_two_workers_write_the_same_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut text = String::from("timestamp,value\n");
+        for i in 0..100 {
+            text.push_str(&format!("2024-01-01 00:00:{:02},{i}\n", (i * 37) % 50));
+        }
+        std::fs::write(dir.path().join("in.csv"), text).unwrap();
+        let one = run_csv_to_jsonl(dir.path(), 1);
+        let two = run_csv_to_jsonl(dir.path(), 2);
+        assert_eq!(one.len(), 100);
+        assert_eq!(one, two);
+    }
 }

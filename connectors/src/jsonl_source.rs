@@ -27,7 +27,7 @@ use crate::replay::{
 /// An example pipeline fragment.
 pub const EXAMPLE: &str = r#"[sources.events]
 type = "jsonl"
-path = "data/events.jsonl"
+path = "pipelines/examples/data/events.jsonl"
 timestamp_column = "time"
 timestamp_format = "unix_ms"
 columns = { device = "utf8", temperature = "float64", ok = "bool" }

@@ -902,7 +902,8 @@ impl<R: RecordReader> Replay<R> {
                 return Next::Done;
             }
             if let Some(wait) = wait {
-                return Next::After(wait);
+                // Wake up at least every 100 ms so a shutdown is noticed during long gaps.
+                return Next::After(wait.min(Duration::from_millis(100)));
             }
             if started.elapsed() > Duration::from_millis(10) {
                 break;

@@ -571,6 +571,47 @@ impl TextColumn {
     }
 }
 
+/// One reading of one device, as the simulator emits it in a row.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SensorReading {
+    /// Temperature, °C.
+    pub temperature: f64,
+    /// Vibration, mm/s.
+    pub vibration: f64,
+    /// Pressure, bar.
+    pub pressure: f64,
+    /// Current, A.
+    pub current: f64,
+}
+
+impl SimulatorSource {
+    /// Calls `f(event_time_ms, device_index, reading)` for every reading this configuration
+    /// generates, in the order one worker emits them, without Arrow or timely: the
+    /// hand-written baseline of the benchmarks.
+    pub fn for_each_reading(&self, mut f: impl FnMut(i64, usize, &SensorReading)) -> Result<(), Problem> {
+        let p = self.params()?;
+        let mut devices: Vec<Device> = (0..p.devices).map(|i| Device::new(&p, i)).collect();
+        const DAY_MS: f64 = 86_400_000.0;
+        for tick in 0..p.ticks {
+            let time = p.start_ms + (tick as f64 * p.period_ms) as Time;
+            let angle = std::f64::consts::TAU * ((time % 86_400_000) as f64 / DAY_MS);
+            let (sin_a, cos_a) = angle.sin_cos();
+            for (i, d) in devices.iter_mut().enumerate() {
+                if let Some(r) = d.read(tick, sin_a, cos_a, &p) {
+                    let reading = SensorReading {
+                        temperature: r.temperature,
+                        vibration: r.vibration,
+                        pressure: r.pressure,
+                        current: r.current,
+                    };
+                    f(time as i64, i, &reading);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Generates the rows of one worker's share of the fleet, tick by tick, in batches.
 struct Generator {
     p: Params,
@@ -926,6 +967,67 @@ mod tests {
         assert_eq!(one, two);
     }
 
+    /// Runs the source operator on `workers` timely workers; returns every batch.
+    fn run_on_workers(s: &SimulatorSource, workers: usize) -> Vec<RecordBatch> {
+        use std::sync::Mutex;
+        use std::sync::atomic::AtomicBool;
+
+        use isthmus_engine::Kind;
+        use isthmus_engine::channel::ChannelHub;
+        use isthmus_engine::policy::PolicyStore;
+        use isthmus_engine::spec::{NodeSpec, Role};
+        use isthmus_engine::telemetry::ComponentMetrics;
+        use timely::dataflow::operators::Inspect;
+
+        let out: Arc<Mutex<Vec<RecordBatch>>> = Default::default();
+        let (s, o) = (s.clone(), out.clone());
+        timely::execute(timely::Config::process(workers), move |worker| {
+            let o = o.clone();
+            worker.dataflow::<Time, _, _>(|scope| {
+                let cx = BuildContext {
+                    scope,
+                    name: "sim".into(),
+                    node: Arc::new(NodeSpec {
+                        id: "t".into(),
+                        role: Role::Standalone,
+                    }),
+                    policy: Arc::new(PolicyStore::new(Default::default(), Default::default())),
+                    metrics: Arc::new(ComponentMetrics::new(
+                        "sim",
+                        Kind::Source,
+                        "simulator",
+                        false,
+                    )),
+                    channels: Arc::new(ChannelHub::new()),
+                    shutdown: Arc::new(AtomicBool::new(false)),
+                    input_schema: None,
+                    base_dir: ".".into(),
+                };
+                s.build(&cx)
+                    .unwrap()
+                    .main
+                    .inspect(move |b: &Batch| o.lock().unwrap().push(b.data.clone()));
+            });
+        })
+        .unwrap();
+        Arc::try_unwrap(out).unwrap().into_inner().unwrap()
+    }
+
+    #[test]
+    fn timely_workers_split_the_fleet() {
+        let s = SimulatorSource {
+            mean_time_between_faults: DurationSpec::parse("5m").unwrap(),
+            batch_rows: 64,
+            ..sim(9, "20m")
+        };
+        let mut one = rows(&run_on_workers(&s, 1));
+        let mut two = rows(&run_on_workers(&s, 2));
+        assert!(one.len() > 9 * 1000);
+        one.sort();
+        two.sort();
+        assert_eq!(one, two);
+    }
+
     #[test]
     fn faults_are_labelled_and_shape_the_readings() {
         let s = SimulatorSource {
@@ -1099,51 +1201,6 @@ mod tests {
         assert!(SimulatorSource::default().params().is_ok());
     }
 
-    /// `cargo test --release -p isthmus-connectors simulator_throughput -- --ignored --nocapture`
-    #[test]
-    #[ignore]
-    fn simulator_throughput() {
-        let s = SimulatorSource {
-            faults: true,
-            ..sim(1000, "1h")
-        };
-        let mut g = Generator::new(&s.params().unwrap(), 0, 1);
-        let started = Instant::now();
-        let mut rows = 0;
-        while g.next_time().is_some() {
-            if let Some((_, b)) = g.next_batch(Time::MAX) {
-                rows += b.num_rows();
-            }
-        }
-        let secs = started.elapsed().as_secs_f64();
-        let p = s.params().unwrap();
-        let mut devices: Vec<Device> = (0..1000).map(|i| Device::new(&p, i)).collect();
-        let t0 = Instant::now();
-        let mut acc = 0.0;
-        for tick in 0..3600 {
-            for d in devices.iter_mut() {
-                if let Some(r) = d.read(tick, 0.3, 0.7, &p) {
-                    acc += r.temperature + r.vibration + r.pressure + r.current;
-                }
-            }
-        }
-        println!(
-            "read only: {:.1} ns/row ({acc})",
-            t0.elapsed().as_secs_f64() * 1e9 / 3.6e6
-        );
-        println!(
-            "generator: {rows} rows in {secs:.2} s = {:.1} M rows/s",
-            rows as f64 / secs / 1e6
-        );
-        let started = Instant::now();
-        let out = Harness::default().run_source(&s);
-        let secs = started.elapsed().as_secs_f64();
-        println!(
-            "source on timely: {} rows in {secs:.2} s = {:.1} M rows/s",
-            out.main_rows(),
-            out.main_rows() as f64 / secs / 1e6
-        );
-    }
 
     #[test]
     fn example_parses() {

@@ -56,7 +56,7 @@ impl Kind {
 
 /// Schemas (at check time) or streams (at build time) of a component's outputs: the main
 /// output and named side outputs (`NAME.dead_letter`, `NAME.late`).
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Outputs<T> {
     /// The main output, referenced as `NAME`.
     pub main: T,

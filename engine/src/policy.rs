@@ -67,7 +67,7 @@ impl fmt::Display for PolicyValue {
         match self {
             PolicyValue::Bool(b) => write!(f, "{b}"),
             PolicyValue::Int(i) => write!(f, "{i}"),
-            PolicyValue::Float(x) => write!(f, "{x}"),
+            PolicyValue::Float(x) => write!(f, "{x:?}"),
             PolicyValue::Str(s) => write!(f, "{s}"),
         }
     }

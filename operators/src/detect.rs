@@ -767,38 +767,38 @@ mod tests {
             ..detect(&[], 3)
         }
         .schemas(&schema(), &cx)
-        .err()
-        .expect("a problem");
+        .map(|o| o.main)
+        .expect_err("a problem");
         assert_eq!(e.key.as_deref(), Some("columns"));
         assert!(e.help.unwrap().contains("did you mean `temperature`"));
         let e = detect(&["devices"], 3)
             .schemas(&schema(), &cx)
-            .err()
-            .expect("a problem");
+            .map(|o| o.main)
+            .expect_err("a problem");
         assert_eq!(e.key.as_deref(), Some("key"));
         let e = Detect {
             columns: vec!["device".into()],
             ..detect(&[], 3)
         }
         .schemas(&schema(), &cx)
-        .err()
-        .expect("a problem");
+        .map(|o| o.main)
+        .expect_err("a problem");
         assert!(e.message.contains("not a number"));
         let e = Detect {
             alpha: Param::Literal(1.5),
             ..detect(&[], 3)
         }
         .schemas(&schema(), &cx)
-        .err()
-        .expect("a problem");
+        .map(|o| o.main)
+        .expect_err("a problem");
         assert_eq!(e.key.as_deref(), Some("alpha"));
         let e = Detect {
             alpha: Param::Policy("a".into()),
             ..detect(&[], 3)
         }
         .schemas(&schema(), &cx)
-        .err()
-        .expect("a problem");
+        .map(|o| o.main)
+        .expect_err("a problem");
         assert_eq!(e.key.as_deref(), Some("alpha"));
     }
 

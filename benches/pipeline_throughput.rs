@@ -26,7 +26,8 @@ struct Sizes {
 
 fn run_engine(pipeline: &Path) -> (Duration, u64) {
     let started = Instant::now();
-    let (_, report) = isthmus::run_files(&[pipeline.to_path_buf()], &RunOptions::default()).expect("pipeline runs");
+    let (_, report) = isthmus::run_files(&[pipeline.to_path_buf()], &RunOptions::default())
+        .expect("pipeline runs");
     (started.elapsed(), report.nodes[0].events_in)
 }
 
@@ -53,7 +54,14 @@ fn sim_filter_loop(devices: usize, seconds: usize) -> (Duration, u64, u64) {
         events += 1;
         if r.temperature > 70.0 {
             kept += 1;
-            out.push((ts, device, r.temperature, r.vibration, r.pressure, r.current));
+            out.push((
+                ts,
+                device,
+                r.temperature,
+                r.vibration,
+                r.pressure,
+                r.current,
+            ));
             if out.len() == out.capacity() {
                 std::hint::black_box(&out);
                 out.clear();
@@ -98,14 +106,25 @@ fn write_csv(dir: &Path, rows: usize) -> PathBuf {
     let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
     writeln!(f, "timestamp,device,value").unwrap();
     let mut state = 0x1234_5678_u64;
-    let start = chrono::NaiveDate::from_ymd_opt(2026, 1, 1).unwrap().and_hms_opt(0, 0, 0).unwrap();
+    let start = chrono::NaiveDate::from_ymd_opt(2026, 1, 1)
+        .unwrap()
+        .and_hms_opt(0, 0, 0)
+        .unwrap();
     for i in 0..rows {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let noise = ((state >> 33) as f64 / (1u64 << 31) as f64) - 0.5;
         let device = i % 100;
         let spike = if i % 9973 == 0 { 25.0 } else { 0.0 };
         let t = start + chrono::Duration::seconds((i / 100) as i64);
-        writeln!(f, "{},d{device:03},{:.4}", t.format("%Y-%m-%d %H:%M:%S"), 50.0 + device as f64 * 0.1 + noise + spike).unwrap();
+        writeln!(
+            f,
+            "{},d{device:03},{:.4}",
+            t.format("%Y-%m-%d %H:%M:%S"),
+            50.0 + device as f64 * 0.1 + noise + spike
+        )
+        .unwrap();
     }
     f.flush().unwrap();
     path
@@ -141,29 +160,39 @@ inputs = ["alerts"]
     path
 }
 
-/// Per-device EWMA z-score, as `detect` defines it (alpha 0.05, warm-up 30 rows, the mean
-/// starting at the first value).
+/// Per-device EWMA z-scores of the value and of its change, as `detect` defines them
+/// (alpha 0.05, warm-up 30 rows, means starting at the first value).
 #[derive(Default)]
 struct Ewma {
     n: u64,
     mean: f64,
     var: f64,
+    last: f64,
+    change_n: u64,
+    change_mean: f64,
+    change_var: f64,
 }
 
 /// The hand-written equivalent of csv → detect → filter → discard.
 fn csv_detect_loop(csv: &Path) -> (Duration, u64, u64) {
     let started = Instant::now();
-    let mut reader = csv::ReaderBuilder::new().has_headers(true).from_path(csv).unwrap();
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .from_path(csv)
+        .unwrap();
     let mut record = csv::ByteRecord::new();
     let mut state: HashMap<Vec<u8>, Ewma> = HashMap::new();
     let (mut events, mut alerts) = (0u64, 0u64);
     let alpha = 0.05;
     while reader.read_byte_record(&mut record).unwrap() {
         events += 1;
-        let ts = chrono::NaiveDateTime::parse_from_str(std::str::from_utf8(&record[0]).unwrap(), "%Y-%m-%d %H:%M:%S")
-            .unwrap()
-            .and_utc()
-            .timestamp_millis();
+        let ts = chrono::NaiveDateTime::parse_from_str(
+            std::str::from_utf8(&record[0]).unwrap(),
+            "%Y-%m-%d %H:%M:%S",
+        )
+        .unwrap()
+        .and_utc()
+        .timestamp_millis();
         let value: f64 = std::str::from_utf8(&record[2]).unwrap().parse().unwrap();
         let s = match state.get_mut(&record[1]) {
             Some(s) => s,
@@ -172,8 +201,27 @@ fn csv_detect_loop(csv: &Path) -> (Duration, u64, u64) {
         if s.n == 0 {
             s.mean = value;
         }
-        let std = s.var.sqrt().max(s.mean.abs() * 0.001).max(1e-9);
-        let score = if s.n >= 30 { (value - s.mean).abs() / std } else { 0.0 };
+        let floor = (s.mean.abs() * 0.001).max(1e-9);
+        let mut score = if s.n >= 30 {
+            (value - s.mean).abs() / s.var.sqrt().max(floor)
+        } else {
+            0.0
+        };
+        if s.n > 0 {
+            let change = value - s.last;
+            if s.n >= 30 && s.change_n > 0 {
+                score = score.max((change - s.change_mean).abs() / s.change_var.sqrt().max(floor));
+            }
+            if s.change_n == 0 {
+                s.change_mean = change;
+            } else {
+                let d = change - s.change_mean;
+                s.change_mean += alpha * d;
+                s.change_var = (1.0 - alpha) * (s.change_var + alpha * d * d);
+            }
+            s.change_n += 1;
+        }
+        s.last = value;
         let delta = value - s.mean;
         s.mean += alpha * delta;
         s.var = (1.0 - alpha) * (s.var + alpha * delta * delta);
@@ -199,9 +247,19 @@ fn report(name: &str, engine: Duration, baseline: Duration, events: u64) {
 fn main() {
     let bench = std::env::args().any(|a| a == "--bench");
     let sizes = if bench {
-        Sizes { sim_devices: 1000, sim_seconds: 5000, csv_rows: 2_000_000, rounds: 5 }
+        Sizes {
+            sim_devices: 1000,
+            sim_seconds: 5000,
+            csv_rows: 2_000_000,
+            rounds: 5,
+        }
     } else {
-        Sizes { sim_devices: 50, sim_seconds: 200, csv_rows: 20_000, rounds: 1 }
+        Sizes {
+            sim_devices: 50,
+            sim_seconds: 200,
+            csv_rows: 20_000,
+            rounds: 1,
+        }
     };
     let dir = tempfile::tempdir().unwrap();
 
@@ -215,7 +273,12 @@ fn main() {
         assert_eq!(n, ln, "engine and loop saw different numbers of events");
         events = n;
     }
-    report("simulator → filter → null", median(engine_t), median(loop_t), events);
+    report(
+        "simulator → filter → null",
+        median(engine_t),
+        median(loop_t),
+        events,
+    );
 
     let csv = write_csv(dir.path(), sizes.csv_rows);
     let pipeline = csv_pipeline(dir.path(), &csv);
@@ -228,5 +291,10 @@ fn main() {
         assert_eq!(n, ln);
         events = n;
     }
-    report("csv → detect → filter → null", median(engine_t), median(loop_t), events);
+    report(
+        "csv → detect → filter → null",
+        median(engine_t),
+        median(loop_t),
+        events,
+    );
 }

@@ -28,26 +28,48 @@ fn type_name(root: &Value, v: &Value) -> String {
             _ => {
                 let def = resolve(root, v);
                 if let Some(values) = def.get("enum").and_then(Value::as_array) {
-                    values.iter().filter_map(Value::as_str).map(|s| format!("`{s}`")).collect::<Vec<_>>().join(" \\| ")
+                    values
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .map(|s| format!("`{s}`"))
+                        .collect::<Vec<_>>()
+                        .join(" \\| ")
                 } else if let Some(one) = def.get("oneOf").and_then(Value::as_array) {
                     let consts: Vec<String> = one
                         .iter()
-                        .filter_map(|o| o.get("const").and_then(Value::as_str).map(|s| format!("`{s}`")))
+                        .filter_map(|o| {
+                            o.get("const")
+                                .and_then(Value::as_str)
+                                .map(|s| format!("`{s}`"))
+                        })
                         .collect();
-                    if consts.len() == one.len() { consts.join(" \\| ") } else { "table".into() }
+                    if consts.len() == one.len() {
+                        consts.join(" \\| ")
+                    } else {
+                        "table".into()
+                    }
                 } else {
-                    def.get("type").map(|t| t.to_string().replace('"', "")).unwrap_or_else(|| "table".into())
+                    def.get("type")
+                        .map(|t| t.to_string().replace('"', ""))
+                        .unwrap_or_else(|| "table".into())
                 }
             }
         };
     }
     if let Some(any) = v.get("anyOf").and_then(Value::as_array) {
-        let parts: Vec<String> = any.iter().filter(|x| x.get("type") != Some(&Value::from("null"))).map(|x| type_name(root, x)).collect();
+        let parts: Vec<String> = any
+            .iter()
+            .filter(|x| x.get("type") != Some(&Value::from("null")))
+            .map(|x| type_name(root, x))
+            .collect();
         return parts.join(" or ");
     }
     match v.get("type") {
         Some(Value::String(t)) if t == "array" => {
-            let item = v.get("items").map(|i| type_name(root, i)).unwrap_or_default();
+            let item = v
+                .get("items")
+                .map(|i| type_name(root, i))
+                .unwrap_or_default();
             format!("list of {item}")
         }
         Some(Value::String(t)) if t == "object" => match v.get("additionalProperties") {
@@ -59,13 +81,21 @@ fn type_name(root: &Value, v: &Value) -> String {
             "integer" => "integer".into(),
             other => other.into(),
         },
-        Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).filter(|t| *t != "null").collect::<Vec<_>>().join(" or "),
+        Some(Value::Array(ts)) => ts
+            .iter()
+            .filter_map(Value::as_str)
+            .filter(|t| *t != "null")
+            .collect::<Vec<_>>()
+            .join(" or "),
         _ => "any".into(),
     }
 }
 
 fn one_line(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ").replace('|', "\\|")
+    text.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .replace('|', "\\|")
 }
 
 /// Markdown reference of every registered component: summary, keys with type, default and
@@ -96,9 +126,10 @@ pub fn reference(registry: &Registry) -> String {
                         None if required.contains(&name.as_str()) => "required".into(),
                         None => "—".into(),
                     };
-                    let desc = p.get("description").and_then(Value::as_str).or_else(|| {
-                        resolve(root, p).get("description").and_then(Value::as_str)
-                    });
+                    let desc = p
+                        .get("description")
+                        .and_then(Value::as_str)
+                        .or_else(|| resolve(root, p).get("description").and_then(Value::as_str));
                     let _ = writeln!(
                         out,
                         "| `{name}` | {} | {default} | {} |",
@@ -118,5 +149,7 @@ pub fn reference(registry: &Registry) -> String {
 
 fn capitalize(s: &str) -> String {
     let mut c = s.chars();
-    c.next().map(|f| f.to_uppercase().collect::<String>() + c.as_str()).unwrap_or_default()
+    c.next()
+        .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
+        .unwrap_or_default()
 }

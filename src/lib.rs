@@ -21,7 +21,10 @@ pub fn load(paths: &[PathBuf]) -> Result<Vec<isthmus_engine::validate::Plan>, Co
 }
 
 /// Loads pipeline files and runs them together until their sources finish.
-pub fn run_files(paths: &[PathBuf], options: &RunOptions) -> Result<(Vec<Node>, RunReport), EngineError> {
+pub fn run_files(
+    paths: &[PathBuf],
+    options: &RunOptions,
+) -> Result<(Vec<Node>, RunReport), EngineError> {
     let plans = load(paths)?;
     let nodes: Vec<Node> = plans.into_iter().map(Node::new).collect();
     let report = isthmus_engine::runtime::run(&nodes, options)?;

@@ -113,10 +113,17 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Docs => {
-            print!("{}", isthmus::docs::reference(&isthmus::components::registry()));
+            print!(
+                "{}",
+                isthmus::docs::reference(&isthmus::components::registry())
+            );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { files, workers, progress_secs } => {
+        Command::Run {
+            files,
+            workers,
+            progress_secs,
+        } => {
             let shutdown = Arc::new(AtomicBool::new(false));
             {
                 let shutdown = shutdown.clone();
@@ -124,19 +131,26 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     if shutdown.swap(true, Ordering::SeqCst) {
                         std::process::exit(130);
                     }
-                    eprintln!("stopping: sources finish, in-flight rows drain (Ctrl-C again to abort)");
+                    eprintln!(
+                        "stopping: sources finish, in-flight rows drain (Ctrl-C again to abort)"
+                    );
                 })
                 .context("cannot install the Ctrl-C handler")?;
             }
             let options = RunOptions {
                 workers,
-                progress_every: (progress_secs > 0.0).then(|| Duration::from_secs_f64(progress_secs)),
+                progress_every: (progress_secs > 0.0)
+                    .then(|| Duration::from_secs_f64(progress_secs)),
                 shutdown,
             };
             let plans = isthmus::load(&files)?;
             let nodes: Vec<Node> = plans.into_iter().map(Node::new).collect();
             let report = isthmus_engine::runtime::run(&nodes, &options)?;
-            eprintln!("\n== isthmus summary ({:.2}s, {} worker(s) per node) ==", report.elapsed.as_secs_f64(), workers);
+            eprintln!(
+                "\n== isthmus summary ({:.2}s, {} worker(s) per node) ==",
+                report.elapsed.as_secs_f64(),
+                workers
+            );
             for summary in &report.nodes {
                 eprintln!("{}", summary.report());
             }
@@ -145,7 +159,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!(
                     "throughput: {:.0} events/s in; worst p99 {}",
                     total_in as f64 / report.elapsed.as_secs_f64(),
-                    fmt_us(report.nodes.iter().map(|n| n.latency_p99_us).max().unwrap_or(0))
+                    fmt_us(
+                        report
+                            .nodes
+                            .iter()
+                            .map(|n| n.latency_p99_us)
+                            .max()
+                            .unwrap_or(0)
+                    )
                 );
             }
             Ok(ExitCode::SUCCESS)

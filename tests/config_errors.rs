@@ -11,8 +11,15 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 }
 
 fn validate(files: &[&Path]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_isthmus")).arg("validate").args(files).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).to_string())
+    let out = Command::new(env!("CARGO_BIN_EXE_isthmus"))
+        .arg("validate")
+        .args(files)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
 }
 
 const BAD: &str = r#"[node]
@@ -68,14 +75,26 @@ fn every_problem_is_reported_with_location_and_key() {
         // bad duration unit
         (format!("{f}:10:12: `sources.sim.duration`"), "unknown unit"),
         // misspelled key, with a suggestion
-        (format!("{f}:16:1: `transforms.score.alhpa`"), "did you mean `alpha`?"),
+        (
+            format!("{f}:16:1: `transforms.score.alhpa`"),
+            "did you mean `alpha`?",
+        ),
         // unknown policy reference
-        (format!("{f}:21:13: `transforms.alerts.predicate`"), "did you mean `${policy.threshold}`?"),
+        (
+            format!("{f}:21:13: `transforms.alerts.predicate`"),
+            "did you mean `${policy.threshold}`?",
+        ),
         // unknown type, with a suggestion
-        (format!("{f}:39:8: `sinks.out.type`"), "did you mean `stdout`?"),
+        (
+            format!("{f}:39:8: `sinks.out.type`"),
+            "did you mean `stdout`?",
+        ),
     ];
     for (location, text) in &expect {
-        assert!(stderr.contains(location.as_str()), "missing `{location}` in:\n{stderr}");
+        assert!(
+            stderr.contains(location.as_str()),
+            "missing `{location}` in:\n{stderr}"
+        );
         assert!(stderr.contains(text), "missing `{text}` in:\n{stderr}");
     }
     assert!(stderr.contains("nothing was run"), "{stderr}");
@@ -94,25 +113,48 @@ fn graph_problems_are_reported_after_parsing() {
     assert_eq!(code, 2, "{stderr}");
     let f = file.display().to_string();
     // unknown input with a suggestion
-    assert!(stderr.contains(&format!("{f}:20:11: `transforms.alerts.inputs`: unknown input `scroe`")), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{f}:20:11: `transforms.alerts.inputs`: unknown input `scroe`"
+        )),
+        "{stderr}"
+    );
     assert!(stderr.contains("did you mean `score`?"), "{stderr}");
     // cycle
-    assert!(stderr.contains("cycle: loop_a → loop_b → loop_a") || stderr.contains("cycle: loop_b → loop_a → loop_b"), "{stderr}");
+    assert!(
+        stderr.contains("cycle: loop_a → loop_b → loop_a")
+            || stderr.contains("cycle: loop_b → loop_a → loop_b"),
+        "{stderr}"
+    );
     // a column the input does not provide
-    assert!(stderr.contains(&format!("{f}:36:1: `transforms.hot.predicate`")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{f}:36:1: `transforms.hot.predicate`")),
+        "{stderr}"
+    );
     assert!(stderr.contains("temprature"), "{stderr}");
 }
 
 #[test]
 fn syntax_errors_and_unknown_sections_are_located() {
     let dir = tempfile::tempdir().unwrap();
-    let file = write(dir.path(), "syntax.toml", "[node]\nid = \"x\"\n[sources.a]\ntype = \n");
+    let file = write(
+        dir.path(),
+        "syntax.toml",
+        "[node]\nid = \"x\"\n[sources.a]\ntype = \n",
+    );
     let (code, stderr) = validate(&[&file]);
     assert_eq!(code, 2);
-    assert!(stderr.contains(&format!("{}:4:", file.display())), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}:4:", file.display())),
+        "{stderr}"
+    );
     assert!(stderr.contains("invalid TOML"), "{stderr}");
 
-    let file = write(dir.path(), "section.toml", "[node]\nid = \"x\"\n[source.a]\ntype = \"simulator\"\n");
+    let file = write(
+        dir.path(),
+        "section.toml",
+        "[node]\nid = \"x\"\n[source.a]\ntype = \"simulator\"\n",
+    );
     let (code, stderr) = validate(&[&file]);
     assert_eq!(code, 2);
     assert!(stderr.contains("unknown section `source`"), "{stderr}");
@@ -129,14 +171,20 @@ fn kinds_are_not_confused_and_inputs_are_required() {
     );
     let (code, stderr) = validate(&[&file]);
     assert_eq!(code, 2);
-    assert!(stderr.contains("`filter` is a transform; put it under [transforms.f]"), "{stderr}");
+    assert!(
+        stderr.contains("`filter` is a transform; put it under [transforms.f]"),
+        "{stderr}"
+    );
     assert!(stderr.contains("missing `inputs` for sink `g`"), "{stderr}");
 }
 
 #[test]
 fn shipped_pipelines_validate() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let (code, stderr) = validate(&[&root.join("pipelines/edge.toml"), &root.join("pipelines/cloud.toml")]);
+    let (code, stderr) = validate(&[
+        &root.join("pipelines/edge.toml"),
+        &root.join("pipelines/cloud.toml"),
+    ]);
     assert_eq!(code, 0, "{stderr}");
     // Alone, the cloud pipeline reads a channel nobody writes.
     let (code, stderr) = validate(&[&root.join("pipelines/cloud.toml")]);

@@ -15,8 +15,13 @@ const END: &str = "<!-- components:end -->";
 fn readme_reference_matches_the_config_structs() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");
     let readme = std::fs::read_to_string(&path).unwrap();
-    let start = readme.find(START).expect("README has the components:start marker") + START.len();
-    let end = readme.find(END).expect("README has the components:end marker");
+    let start = readme
+        .find(START)
+        .expect("README has the components:start marker")
+        + START.len();
+    let end = readme
+        .find(END)
+        .expect("README has the components:end marker");
     let generated = format!("\n{}", reference(&registry()));
     if std::env::var_os("ISTHMUS_BLESS").is_some() {
         let updated = format!("{}{}{}", &readme[..start], generated, &readme[end..]);
@@ -40,10 +45,18 @@ fn every_component_example_parses_and_validates() {
             text.push_str(base);
         }
         text.push_str(r.example);
-        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("example-{}-{}.toml", r.kind.noun(), r.type_name));
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!(
+            "example-{}-{}.toml",
+            r.kind.noun(),
+            r.type_name
+        ));
         match parse_str(&text, &file, &registry) {
             Ok(spec) => specs.push(spec),
-            Err(e) => panic!("example of {} `{}` does not parse:\n{e}\n---\n{text}", r.kind.noun(), r.type_name),
+            Err(e) => panic!(
+                "example of {} `{}` does not parse:\n{e}\n---\n{text}",
+                r.kind.noun(),
+                r.type_name
+            ),
         }
     }
     if let Err(e) = validate_all(specs) {

@@ -48,15 +48,24 @@ path = "windows-{workers}.jsonl"
     );
     let file: PathBuf = dir.join(format!("p{workers}.toml"));
     std::fs::write(&file, pipeline).unwrap();
-    let options = RunOptions { workers, ..RunOptions::default() };
+    let options = RunOptions {
+        workers,
+        ..RunOptions::default()
+    };
     isthmus::run_files(&[file], &options).expect("pipeline runs");
     let read = |name: String| {
-        let mut lines: Vec<String> =
-            std::fs::read_to_string(dir.join(name)).unwrap().lines().map(str::to_string).collect();
+        let mut lines: Vec<String> = std::fs::read_to_string(dir.join(name))
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect();
         lines.sort();
         lines
     };
-    (read(format!("alerts-{workers}.jsonl")), read(format!("windows-{workers}.jsonl")))
+    (
+        read(format!("alerts-{workers}.jsonl")),
+        read(format!("windows-{workers}.jsonl")),
+    )
 }
 
 #[test]
@@ -64,9 +73,22 @@ fn one_and_two_workers_give_identical_results() {
     let dir = tempfile::tempdir().unwrap();
     let (alerts_1, windows_1) = run(dir.path(), 1);
     let (alerts_2, windows_2) = run(dir.path(), 2);
-    assert!(!alerts_1.is_empty(), "the simulator's faults should raise alerts");
+    assert!(
+        !alerts_1.is_empty(),
+        "the simulator's faults should raise alerts"
+    );
     // 24 devices × 20 min; 6 lines; 1-minute slide over 20 minutes (+4 trailing windows).
-    assert!(windows_1.len() >= 6 * 20, "expected sliding windows per line, got {}", windows_1.len());
-    assert_eq!(alerts_1, alerts_2, "filtered rows differ between 1 and 2 workers");
-    assert_eq!(windows_1, windows_2, "window results differ between 1 and 2 workers");
+    assert!(
+        windows_1.len() >= 6 * 20,
+        "expected sliding windows per line, got {}",
+        windows_1.len()
+    );
+    assert_eq!(
+        alerts_1, alerts_2,
+        "filtered rows differ between 1 and 2 workers"
+    );
+    assert_eq!(
+        windows_1, windows_2,
+        "window results differ between 1 and 2 workers"
+    );
 }

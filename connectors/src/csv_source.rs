@@ -800,5 +800,4 @@ mod tests {
         let b = harness(dir.path()).run_source(&s).main_batch().unwrap();
         assert_eq!(times(&b), vec![1000, 2000]);
     }
-
 }

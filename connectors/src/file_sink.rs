@@ -22,7 +22,7 @@ use timely::dataflow::operators::generic::operator::Operator;
 pub const JSONL_EXAMPLE: &str = r#"[sinks.archive]
 type = "jsonl"
 inputs = ["sim"]
-path = "out/readings.jsonl"
+path = "readings.jsonl"
 append = false
 "#;
 
@@ -30,7 +30,7 @@ append = false
 pub const CSV_EXAMPLE: &str = r#"[sinks.table]
 type = "csv"
 inputs = ["sim"]
-path = "out/readings.csv"
+path = "readings.csv"
 append = true
 "#;
 

@@ -588,7 +588,10 @@ impl SimulatorSource {
     /// Calls `f(event_time_ms, device_index, reading)` for every reading this configuration
     /// generates, in the order one worker emits them, without Arrow or timely: the
     /// hand-written baseline of the benchmarks.
-    pub fn for_each_reading(&self, mut f: impl FnMut(i64, usize, &SensorReading)) -> Result<(), Problem> {
+    pub fn for_each_reading(
+        &self,
+        mut f: impl FnMut(i64, usize, &SensorReading),
+    ) -> Result<(), Problem> {
         let p = self.params()?;
         let mut devices: Vec<Device> = (0..p.devices).map(|i| Device::new(&p, i)).collect();
         const DAY_MS: f64 = 86_400_000.0;
@@ -1200,7 +1203,6 @@ mod tests {
         }
         assert!(SimulatorSource::default().params().is_ok());
     }
-
 
     #[test]
     fn example_parses() {

@@ -50,7 +50,10 @@ pub struct Batch {
 impl Batch {
     /// Wraps rows that enter the engine now.
     pub fn new(data: RecordBatch) -> Self {
-        Batch { data, created_ns: now_ns() }
+        Batch {
+            data,
+            created_ns: now_ns(),
+        }
     }
 
     /// Wraps derived rows, keeping the entry time of the rows they came from.
@@ -122,10 +125,16 @@ impl Serialize for Batch {
         {
             let mut writer = StreamWriter::try_new(&mut ipc, &self.data.schema())
                 .map_err(serde::ser::Error::custom)?;
-            writer.write(&self.data).map_err(serde::ser::Error::custom)?;
+            writer
+                .write(&self.data)
+                .map_err(serde::ser::Error::custom)?;
             writer.finish().map_err(serde::ser::Error::custom)?;
         }
-        WireBatch { created_ns: self.created_ns, ipc }.serialize(serializer)
+        WireBatch {
+            created_ns: self.created_ns,
+            ipc,
+        }
+        .serialize(serializer)
     }
 }
 
@@ -138,6 +147,9 @@ impl<'de> Deserialize<'de> for Batch {
             .next()
             .ok_or_else(|| serde::de::Error::custom("empty Arrow IPC stream"))?
             .map_err(serde::de::Error::custom)?;
-        Ok(Batch { data, created_ns: wire.created_ns })
+        Ok(Batch {
+            data,
+            created_ns: wire.created_ns,
+        })
     }
 }

@@ -53,7 +53,12 @@ impl ChannelHub {
         let mut channels = self.channels.lock().expect("channel hub poisoned");
         let entry = channels.entry(name.to_string()).or_insert_with(|| {
             let (tx, rx) = unbounded();
-            Entry { tx, rx, expected_senders: 0, next_sender: AtomicUsize::new(0) }
+            Entry {
+                tx,
+                rx,
+                expected_senders: 0,
+                next_sender: AtomicUsize::new(0),
+            }
         });
         entry.expected_senders += count;
     }
@@ -61,12 +66,16 @@ impl ChannelHub {
     /// A sending end of `name` with a fresh sender id.
     pub fn sender(&self, name: &str) -> Option<(usize, Sender<ChannelMessage>)> {
         let channels = self.channels.lock().expect("channel hub poisoned");
-        channels.get(name).map(|e| (e.next_sender.fetch_add(1, Ordering::Relaxed), e.tx.clone()))
+        channels
+            .get(name)
+            .map(|e| (e.next_sender.fetch_add(1, Ordering::Relaxed), e.tx.clone()))
     }
 
     /// The receiving end of `name` and how many senders will write to it.
     pub fn receiver(&self, name: &str) -> Option<(Receiver<ChannelMessage>, usize)> {
         let channels = self.channels.lock().expect("channel hub poisoned");
-        channels.get(name).map(|e| (e.rx.clone(), e.expected_senders))
+        channels
+            .get(name)
+            .map(|e| (e.rx.clone(), e.expected_senders))
     }
 }

@@ -67,7 +67,10 @@ pub struct Outputs<T> {
 impl<T> Outputs<T> {
     /// Just a main output.
     pub fn main(main: T) -> Self {
-        Outputs { main, side: Vec::new() }
+        Outputs {
+            main,
+            side: Vec::new(),
+        }
     }
 
     /// Adds a side output.
@@ -100,7 +103,11 @@ impl CheckContext<'_> {
 /// Resolves `p` against `base` unless it is absolute.
 pub fn resolve_path(base: &std::path::Path, p: &str) -> PathBuf {
     let path = std::path::Path::new(p);
-    if path.is_absolute() { path.to_path_buf() } else { base.join(path) }
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base.join(path)
+    }
 }
 
 /// What a component gets while its timely operators are built, once per worker.
@@ -163,7 +170,11 @@ pub trait Source: Send + Sync + 'static {
 /// stream.
 pub trait Transform: Send + Sync + 'static {
     /// The schemas of its outputs given its input's schema.
-    fn schemas(&self, input: &SchemaRef, cx: &CheckContext<'_>) -> Result<Outputs<SchemaRef>, Problem>;
+    fn schemas(
+        &self,
+        input: &SchemaRef,
+        cx: &CheckContext<'_>,
+    ) -> Result<Outputs<SchemaRef>, Problem>;
     /// Builds its timely operators on one worker.
     fn build<'s>(
         &self,
@@ -234,24 +245,48 @@ impl Registry {
     }
 
     /// Registers a source type.
-    pub fn source<C: Source + DeserializeOwned + JsonSchema>(&mut self, type_name: &'static str, example: &'static str) -> &mut Self {
-        self.insert(Kind::Source, type_name, example, |v| {
-            Ok(ComponentConfig::Source(Arc::new(parse_as::<C>(v)?)))
-        }, || schemars::schema_for!(C))
+    pub fn source<C: Source + DeserializeOwned + JsonSchema>(
+        &mut self,
+        type_name: &'static str,
+        example: &'static str,
+    ) -> &mut Self {
+        self.insert(
+            Kind::Source,
+            type_name,
+            example,
+            |v| Ok(ComponentConfig::Source(Arc::new(parse_as::<C>(v)?))),
+            || schemars::schema_for!(C),
+        )
     }
 
     /// Registers a transform type.
-    pub fn transform<C: Transform + DeserializeOwned + JsonSchema>(&mut self, type_name: &'static str, example: &'static str) -> &mut Self {
-        self.insert(Kind::Transform, type_name, example, |v| {
-            Ok(ComponentConfig::Transform(Arc::new(parse_as::<C>(v)?)))
-        }, || schemars::schema_for!(C))
+    pub fn transform<C: Transform + DeserializeOwned + JsonSchema>(
+        &mut self,
+        type_name: &'static str,
+        example: &'static str,
+    ) -> &mut Self {
+        self.insert(
+            Kind::Transform,
+            type_name,
+            example,
+            |v| Ok(ComponentConfig::Transform(Arc::new(parse_as::<C>(v)?))),
+            || schemars::schema_for!(C),
+        )
     }
 
     /// Registers a sink type.
-    pub fn sink<C: Sink + DeserializeOwned + JsonSchema>(&mut self, type_name: &'static str, example: &'static str) -> &mut Self {
-        self.insert(Kind::Sink, type_name, example, |v| {
-            Ok(ComponentConfig::Sink(Arc::new(parse_as::<C>(v)?)))
-        }, || schemars::schema_for!(C))
+    pub fn sink<C: Sink + DeserializeOwned + JsonSchema>(
+        &mut self,
+        type_name: &'static str,
+        example: &'static str,
+    ) -> &mut Self {
+        self.insert(
+            Kind::Sink,
+            type_name,
+            example,
+            |v| Ok(ComponentConfig::Sink(Arc::new(parse_as::<C>(v)?))),
+            || schemars::schema_for!(C),
+        )
     }
 
     fn insert(
@@ -262,21 +297,39 @@ impl Registry {
         parse: ParseFn,
         schema: fn() -> schemars::Schema,
     ) -> &mut Self {
-        let previous = self
-            .entries
-            .insert((kind, type_name), Registration { kind, type_name, parse, schema, example });
-        assert!(previous.is_none(), "{} type `{type_name}` registered twice", kind.noun());
+        let previous = self.entries.insert(
+            (kind, type_name),
+            Registration {
+                kind,
+                type_name,
+                parse,
+                schema,
+                example,
+            },
+        );
+        assert!(
+            previous.is_none(),
+            "{} type `{type_name}` registered twice",
+            kind.noun()
+        );
         self
     }
 
     /// The registration of `type_name` among components of `kind`.
     pub fn get(&self, kind: Kind, type_name: &str) -> Option<&Registration> {
-        self.entries.iter().find(|((k, t), _)| *k == kind && *t == type_name).map(|(_, r)| r)
+        self.entries
+            .iter()
+            .find(|((k, t), _)| *k == kind && *t == type_name)
+            .map(|(_, r)| r)
     }
 
     /// Type names of `kind`, sorted.
     pub fn type_names(&self, kind: Kind) -> Vec<&'static str> {
-        self.entries.keys().filter(|(k, _)| *k == kind).map(|(_, t)| *t).collect()
+        self.entries
+            .keys()
+            .filter(|(k, _)| *k == kind)
+            .map(|(_, t)| *t)
+            .collect()
     }
 
     /// Every registration, by kind then type name.

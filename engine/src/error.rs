@@ -72,12 +72,20 @@ pub struct Problem {
 impl Problem {
     /// A problem with the key `key` of the component.
     pub fn at(key: &str, message: impl Into<String>) -> Self {
-        Problem { key: Some(key.to_string()), message: message.into(), help: None }
+        Problem {
+            key: Some(key.to_string()),
+            message: message.into(),
+            help: None,
+        }
     }
 
     /// A problem with the component as a whole.
     pub fn general(message: impl Into<String>) -> Self {
-        Problem { key: None, message: message.into(), help: None }
+        Problem {
+            key: None,
+            message: message.into(),
+            help: None,
+        }
     }
 
     /// Adds a hint on how to fix it.
@@ -125,11 +133,17 @@ pub enum EngineError {
 impl EngineError {
     /// An error of the named component.
     pub fn component(component: &str, message: impl fmt::Display) -> Self {
-        EngineError::Component { component: component.to_string(), message: message.to_string() }
+        EngineError::Component {
+            component: component.to_string(),
+            message: message.to_string(),
+        }
     }
 
     /// An I/O error with what we were doing.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        EngineError::Io { context: context.into(), source }
+        EngineError::Io {
+            context: context.into(),
+            source,
+        }
     }
 }

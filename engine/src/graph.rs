@@ -19,9 +19,19 @@ fn label(plan: &Plan, name: &str) -> String {
     let columns = plan
         .schemas
         .get(name)
-        .map(|s| s.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", "))
+        .map(|s| {
+            s.fields()
+                .iter()
+                .map(|f| f.name().as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
         .unwrap_or_default();
-    if columns.is_empty() { format!("{name}\\n{}", c.type_name) } else { format!("{name}\\n{}\\n[{columns}]", c.type_name) }
+    if columns.is_empty() {
+        format!("{name}\\n{}", c.type_name)
+    } else {
+        format!("{name}\\n{}\\n[{columns}]", c.type_name)
+    }
 }
 
 /// Renders the plan's components and edges (side outputs are labelled edges).
@@ -38,7 +48,12 @@ pub fn render(plan: &Plan, format: GraphFormat) -> String {
                     Kind::Transform => "box",
                     Kind::Sink => "house",
                 };
-                let _ = writeln!(out, "  \"{}\" [shape={shape}, label=\"{}\"];", c.name, label(plan, &c.name));
+                let _ = writeln!(
+                    out,
+                    "  \"{}\" [shape={shape}, label=\"{}\"];",
+                    c.name,
+                    label(plan, &c.name)
+                );
             }
             for &i in &plan.order {
                 let c = &spec.components[i];
@@ -46,7 +61,11 @@ pub fn render(plan: &Plan, format: GraphFormat) -> String {
                     let (from, side) = input.split();
                     match side {
                         Some(side) => {
-                            let _ = writeln!(out, "  \"{from}\" -> \"{}\" [label=\"{side}\", style=dashed];", c.name);
+                            let _ = writeln!(
+                                out,
+                                "  \"{from}\" -> \"{}\" [label=\"{side}\", style=dashed];",
+                                c.name
+                            );
                         }
                         None => {
                             let _ = writeln!(out, "  \"{from}\" -> \"{}\";", c.name);

@@ -35,7 +35,10 @@ pub use component::{BuildContext, CheckContext, Kind, Outputs, Registry, Sink, S
 pub use error::{ConfigError, ConfigErrors, EngineError, Problem};
 
 /// Parses and validates pipeline files that run together.
-pub fn load(paths: &[std::path::PathBuf], registry: &Registry) -> Result<Vec<validate::Plan>, ConfigErrors> {
+pub fn load(
+    paths: &[std::path::PathBuf],
+    registry: &Registry,
+) -> Result<Vec<validate::Plan>, ConfigErrors> {
     let mut errors = Vec::new();
     let mut specs = Vec::new();
     for path in paths {

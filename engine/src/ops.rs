@@ -75,7 +75,10 @@ impl DeadLetters {
             Arc::new(self.reason.finish()),
             Arc::new(self.record.finish()),
         ];
-        Some(Batch::new(RecordBatch::try_new(dead_letter_schema(), columns).expect("dead-letter schema matches")))
+        Some(Batch::new(
+            RecordBatch::try_new(dead_letter_schema(), columns)
+                .expect("dead-letter schema matches"),
+        ))
     }
 }
 
@@ -85,15 +88,24 @@ pub fn rows_as_json(batch: &RecordBatch) -> Vec<String> {
     {
         let mut writer = arrow::json::LineDelimitedWriter::new(&mut buf);
         if writer.write(batch).is_err() || writer.finish().is_err() {
-            return (0..batch.num_rows()).map(|i| format!("{{\"row\":{i}}}")).collect();
+            return (0..batch.num_rows())
+                .map(|i| format!("{{\"row\":{i}}}"))
+                .collect();
         }
     }
-    String::from_utf8_lossy(&buf).lines().map(str::to_string).collect()
+    String::from_utf8_lossy(&buf)
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 /// Applies `logic` to every batch. `logic` returns the output rows (or `None` to drop the
 /// batch), or an error message: the batch then goes to the dead-letter output, whole.
-pub fn map_batches<'s, L>(stream: BatchStream<'s>, name: &str, mut logic: L) -> (BatchStream<'s>, BatchStream<'s>)
+pub fn map_batches<'s, L>(
+    stream: BatchStream<'s>,
+    name: &str,
+    mut logic: L,
+) -> (BatchStream<'s>, BatchStream<'s>)
 where
     L: FnMut(&Batch) -> Result<Option<RecordBatch>, String> + 'static,
 {
@@ -102,8 +114,10 @@ where
     let mut input = builder.new_input(stream, Pipeline);
     let (main, main_stream) = builder.new_output::<Vec<Batch>>();
     let (dead, dead_stream) = builder.new_output::<Vec<Batch>>();
-    let mut main = OutputBuilder::<_, timely::container::CapacityContainerBuilder<Vec<Batch>>>::from(main);
-    let mut dead = OutputBuilder::<_, timely::container::CapacityContainerBuilder<Vec<Batch>>>::from(dead);
+    let mut main =
+        OutputBuilder::<_, timely::container::CapacityContainerBuilder<Vec<Batch>>>::from(main);
+    let mut dead =
+        OutputBuilder::<_, timely::container::CapacityContainerBuilder<Vec<Batch>>>::from(dead);
     builder.build(move |_| {
         move |_frontiers| {
             let mut main = main.activate();
@@ -113,7 +127,9 @@ where
                 for container in data {
                     for batch in container.drain(..) {
                         match logic(&batch) {
-                            Ok(Some(out)) => main.session(&cap).give(Batch::derived(out, batch.created_ns)),
+                            Ok(Some(out)) => main
+                                .session(&cap)
+                                .give(Batch::derived(out, batch.created_ns)),
                             Ok(None) => {}
                             Err(reason) => {
                                 let mut letters = DeadLetters::default();
@@ -138,11 +154,23 @@ pub fn key_hashes(batch: &RecordBatch, key: &[String]) -> Result<Vec<u64>, Strin
     }
     let columns: Vec<ArrayRef> = key
         .iter()
-        .map(|k| batch.column_by_name(k).cloned().ok_or_else(|| format!("missing key column `{k}`")))
+        .map(|k| {
+            batch
+                .column_by_name(k)
+                .cloned()
+                .ok_or_else(|| format!("missing key column `{k}`"))
+        })
         .collect::<Result<_, _>>()?;
-    let converter = RowConverter::new(columns.iter().map(|c| SortField::new(c.data_type().clone())).collect())
+    let converter = RowConverter::new(
+        columns
+            .iter()
+            .map(|c| SortField::new(c.data_type().clone()))
+            .collect(),
+    )
+    .map_err(|e| e.to_string())?;
+    let rows = converter
+        .convert_columns(&columns)
         .map_err(|e| e.to_string())?;
-    let rows = converter.convert_columns(&columns).map_err(|e| e.to_string())?;
     Ok(rows
         .iter()
         .map(|r| {
@@ -160,38 +188,44 @@ pub fn exchange_by_key<'s>(stream: BatchStream<'s>, key: Vec<String>) -> BatchSt
     if peers == 1 {
         return stream;
     }
-    let split = stream.unary::<timely::container::CapacityContainerBuilder<Vec<(u64, Batch)>>, _, _, _>(
-        Pipeline,
-        "PartitionByKey",
-        move |_, _| {
-            move |input, output| {
-                input.for_each_stamp(|cap, data| {
-                    let mut session = output.session(&cap);
-                    for container in data {
-                        for batch in container.drain(..) {
-                            // Validation guarantees the key columns exist.
-                            let hashes = key_hashes(&batch.data, &key).expect("key columns validated");
-                            let mut parts: Vec<Vec<u32>> = vec![Vec::new(); peers];
-                            for (row, h) in hashes.iter().enumerate() {
-                                parts[(*h % peers as u64) as usize].push(row as u32);
-                            }
-                            for (target, rows) in parts.into_iter().enumerate() {
-                                if rows.is_empty() {
-                                    continue;
+    let split = stream
+        .unary::<timely::container::CapacityContainerBuilder<Vec<(u64, Batch)>>, _, _, _>(
+            Pipeline,
+            "PartitionByKey",
+            move |_, _| {
+                move |input, output| {
+                    input.for_each_stamp(|cap, data| {
+                        let mut session = output.session(&cap);
+                        for container in data {
+                            for batch in container.drain(..) {
+                                // Validation guarantees the key columns exist.
+                                let hashes =
+                                    key_hashes(&batch.data, &key).expect("key columns validated");
+                                let mut parts: Vec<Vec<u32>> = vec![Vec::new(); peers];
+                                for (row, h) in hashes.iter().enumerate() {
+                                    parts[(*h % peers as u64) as usize].push(row as u32);
                                 }
-                                let part = if rows.len() == batch.num_rows() {
-                                    batch.data.clone()
-                                } else {
-                                    take_record_batch(&batch.data, &UInt32Array::from(rows)).expect("row indices in bounds")
-                                };
-                                session.give((target as u64, Batch::derived(part, batch.created_ns)));
+                                for (target, rows) in parts.into_iter().enumerate() {
+                                    if rows.is_empty() {
+                                        continue;
+                                    }
+                                    let part = if rows.len() == batch.num_rows() {
+                                        batch.data.clone()
+                                    } else {
+                                        take_record_batch(&batch.data, &UInt32Array::from(rows))
+                                            .expect("row indices in bounds")
+                                    };
+                                    session.give((
+                                        target as u64,
+                                        Batch::derived(part, batch.created_ns),
+                                    ));
+                                }
                             }
                         }
-                    }
-                });
-            }
-        },
-    );
+                    });
+                }
+            },
+        );
     split.unary::<timely::container::CapacityContainerBuilder<Vec<Batch>>, _, _, _>(
         Exchange::new(|item: &(u64, Batch)| item.0),
         "ExchangeByKey",

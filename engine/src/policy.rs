@@ -198,18 +198,36 @@ pub fn policy_change_schema() -> arrow::datatypes::SchemaRef {
 }
 
 /// Encodes changes as a policy-stream batch at event time `ts`.
-pub fn changes_to_batch(changes: &[PolicyChange], ts: crate::batch::Time) -> arrow::array::RecordBatch {
+pub fn changes_to_batch(
+    changes: &[PolicyChange],
+    ts: crate::batch::Time,
+) -> arrow::array::RecordBatch {
     use arrow::array::{ArrayRef, Int64Array, StringArray, UInt64Array};
     let columns: Vec<ArrayRef> = vec![
         crate::batch::time_array(vec![ts as i64; changes.len()]),
-        Arc::new(StringArray::from_iter_values(changes.iter().map(|c| c.name.as_str()))),
-        Arc::new(StringArray::from_iter(changes.iter().map(|c| c.scope.as_ref().map(|s| s.key.as_str())))),
-        Arc::new(StringArray::from_iter(changes.iter().map(|c| c.scope.as_ref().map(|s| s.value.as_str())))),
-        Arc::new(StringArray::from_iter_values(changes.iter().map(|c| c.value.to_string()))),
+        Arc::new(StringArray::from_iter_values(
+            changes.iter().map(|c| c.name.as_str()),
+        )),
+        Arc::new(StringArray::from_iter(
+            changes
+                .iter()
+                .map(|c| c.scope.as_ref().map(|s| s.key.as_str())),
+        )),
+        Arc::new(StringArray::from_iter(
+            changes
+                .iter()
+                .map(|c| c.scope.as_ref().map(|s| s.value.as_str())),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            changes.iter().map(|c| c.value.to_string()),
+        )),
         Arc::new(Int64Array::from_iter_values(changes.iter().map(|c| c.diff))),
-        Arc::new(UInt64Array::from_iter_values(changes.iter().map(|c| c.version))),
+        Arc::new(UInt64Array::from_iter_values(
+            changes.iter().map(|c| c.version),
+        )),
     ];
-    arrow::array::RecordBatch::try_new(policy_change_schema(), columns).expect("policy schema matches")
+    arrow::array::RecordBatch::try_new(policy_change_schema(), columns)
+        .expect("policy schema matches")
 }
 
 /// Decodes a policy-stream batch.
@@ -229,8 +247,10 @@ pub fn batch_to_changes(batch: &arrow::array::RecordBatch) -> Result<Vec<PolicyC
     Ok((0..batch.num_rows())
         .map(|i| PolicyChange {
             name: name.value(i).to_string(),
-            scope: (!key.is_null(i) && !scope_value.is_null(i))
-                .then(|| PolicyScope { key: key.value(i).to_string(), value: scope_value.value(i).to_string() }),
+            scope: (!key.is_null(i) && !scope_value.is_null(i)).then(|| PolicyScope {
+                key: key.value(i).to_string(),
+                value: scope_value.value(i).to_string(),
+            }),
             value: PolicyValue::parse_text(value.value(i)),
             diff: diff.value(i),
             version: version.value(i),
@@ -274,12 +294,21 @@ impl PolicyStore {
         let tunables = defaults
             .into_iter()
             .map(|(name, value)| {
-                (name, Tunable { value, overrides: BTreeMap::new() })
+                (
+                    name,
+                    Tunable {
+                        value,
+                        overrides: BTreeMap::new(),
+                    },
+                )
             })
             .collect();
         PolicyStore {
             remote,
-            current: RwLock::new(Arc::new(PolicySnapshot { version: 0, tunables })),
+            current: RwLock::new(Arc::new(PolicySnapshot {
+                version: 0,
+                tunables,
+            })),
             version: AtomicU64::new(0),
             applied: AtomicU64::new(0),
             refused: AtomicU64::new(0),
@@ -316,16 +345,22 @@ impl PolicyStore {
         let mut next = (**guard).clone();
         for change in changes {
             let Some(tunable) = next.tunables.get_mut(&change.name) else {
-                report.refused.push((change.clone(), Refusal::Unknown(change.name.clone())));
+                report
+                    .refused
+                    .push((change.clone(), Refusal::Unknown(change.name.clone())));
                 continue;
             };
             if !self.remote.contains(&change.name) {
-                report.refused.push((change.clone(), Refusal::NotRemote(change.name.clone())));
+                report
+                    .refused
+                    .push((change.clone(), Refusal::NotRemote(change.name.clone())));
                 continue;
             }
             match (&change.scope, change.diff > 0) {
                 (Some(scope), true) => {
-                    tunable.overrides.insert(scope.clone(), change.value.clone());
+                    tunable
+                        .overrides
+                        .insert(scope.clone(), change.value.clone());
                 }
                 (Some(scope), false) => {
                     if tunable.overrides.get(scope) == Some(&change.value) {
@@ -343,7 +378,8 @@ impl PolicyStore {
             self.version.fetch_add(1, Ordering::Release);
         }
         self.applied.fetch_add(report.applied, Ordering::Relaxed);
-        self.refused.fetch_add(report.refused.len() as u64, Ordering::Relaxed);
+        self.refused
+            .fetch_add(report.refused.len() as u64, Ordering::Relaxed);
         report
     }
 }
@@ -427,7 +463,10 @@ mod tests {
     fn change(name: &str, line: Option<&str>, value: f64, diff: i64) -> PolicyChange {
         PolicyChange {
             name: name.into(),
-            scope: line.map(|l| PolicyScope { key: "line".into(), value: l.into() }),
+            scope: line.map(|l| PolicyScope {
+                key: "line".into(),
+                value: l.into(),
+            }),
             value: PolicyValue::Float(value),
             diff,
             version: 1,
@@ -437,11 +476,20 @@ mod tests {
     #[test]
     fn substitution_uses_defaults_then_scoped_overrides() {
         let store = store();
-        let sql = store.snapshot().substitute_sql("score > ${policy.threshold}").unwrap();
+        let sql = store
+            .snapshot()
+            .substitute_sql("score > ${policy.threshold}")
+            .unwrap();
         assert_eq!(sql, "score > 4.0");
         store.apply(&[change("threshold", Some("L1"), 2.5, 1)]);
-        let sql = store.snapshot().substitute_sql("score > ${policy.threshold}").unwrap();
-        assert_eq!(sql, "score > (CASE WHEN \"line\" = 'L1' THEN 2.5 ELSE 4.0 END)");
+        let sql = store
+            .snapshot()
+            .substitute_sql("score > ${policy.threshold}")
+            .unwrap();
+        assert_eq!(
+            sql,
+            "score > (CASE WHEN \"line\" = 'L1' THEN 2.5 ELSE 4.0 END)"
+        );
     }
 
     #[test]
@@ -449,10 +497,19 @@ mod tests {
         let store = store();
         store.apply(&[change("threshold", Some("L1"), 2.5, 1)]);
         // A new value and the retraction of the old one, in the "wrong" order.
-        store.apply(&[change("threshold", Some("L1"), 3.0, 1), change("threshold", Some("L1"), 2.5, -1)]);
+        store.apply(&[
+            change("threshold", Some("L1"), 3.0, 1),
+            change("threshold", Some("L1"), 2.5, -1),
+        ]);
         let snap = store.snapshot();
-        let scope = PolicyScope { key: "line".into(), value: "L1".into() };
-        assert_eq!(snap.tunables["threshold"].overrides.get(&scope), Some(&PolicyValue::Float(3.0)));
+        let scope = PolicyScope {
+            key: "line".into(),
+            value: "L1".into(),
+        };
+        assert_eq!(
+            snap.tunables["threshold"].overrides.get(&scope),
+            Some(&PolicyValue::Float(3.0))
+        );
         store.apply(&[change("threshold", Some("L1"), 3.0, -1)]);
         assert!(store.snapshot().tunables["threshold"].overrides.is_empty());
     }
@@ -460,7 +517,10 @@ mod tests {
     #[test]
     fn refuses_unknown_and_local_tunables() {
         let store = store();
-        let report = store.apply(&[change("local_only", None, 9.0, 1), change("nope", None, 1.0, 1)]);
+        let report = store.apply(&[
+            change("local_only", None, 9.0, 1),
+            change("nope", None, 1.0, 1),
+        ]);
         assert_eq!(report.applied, 0);
         assert_eq!(report.refused.len(), 2);
         assert_eq!(store.version(), 0);
@@ -469,7 +529,10 @@ mod tests {
 
     #[test]
     fn params_read_literals_and_references() {
-        let p: Param<f64> = toml::from_str::<BTreeMap<String, Param<f64>>>("x = \"${policy.threshold}\"").unwrap()["x"].clone();
+        let p: Param<f64> =
+            toml::from_str::<BTreeMap<String, Param<f64>>>("x = \"${policy.threshold}\"").unwrap()
+                ["x"]
+                .clone();
         assert_eq!(p, Param::Policy("threshold".into()));
         assert_eq!(p.resolve(&store().snapshot()), Some(4.0));
         let q: BTreeMap<String, Param<f64>> = toml::from_str("x = 2.5").unwrap();

@@ -33,7 +33,11 @@ pub struct RunOptions {
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { workers: 1, progress_every: None, shutdown: Arc::new(AtomicBool::new(false)) }
+        RunOptions {
+            workers: 1,
+            progress_every: None,
+            shutdown: Arc::new(AtomicBool::new(false)),
+        }
     }
 }
 
@@ -52,22 +56,40 @@ pub struct Node {
 impl Node {
     /// Prepares a validated pipeline.
     pub fn new(plan: Plan) -> Self {
-        let policy = Arc::new(PolicyStore::new(plan.spec.policy_defaults.clone(), plan.spec.remote.clone()));
+        let policy = Arc::new(PolicyStore::new(
+            plan.spec.policy_defaults.clone(),
+            plan.spec.remote.clone(),
+        ));
         let metrics = plan
             .spec
             .components
             .iter()
             .map(|c| {
                 let forwards = matches!(&c.config, ComponentConfig::Sink(s) if s.forwards());
-                Arc::new(ComponentMetrics::new(&c.name, c.kind, &c.type_name, forwards))
+                Arc::new(ComponentMetrics::new(
+                    &c.name,
+                    c.kind,
+                    &c.type_name,
+                    forwards,
+                ))
             })
             .collect();
-        Node { spec: Arc::new(plan.spec.node.clone()), plan: Arc::new(plan), policy, metrics }
+        Node {
+            spec: Arc::new(plan.spec.node.clone()),
+            plan: Arc::new(plan),
+            policy,
+            metrics,
+        }
     }
 
     /// The node's totals so far.
     pub fn summary(&self) -> NodeSummary {
-        NodeSummary::collect(&self.spec.id, &self.metrics, self.policy.applied_count(), self.policy.refused_count())
+        NodeSummary::collect(
+            &self.spec.id,
+            &self.metrics,
+            self.policy.applied_count(),
+            self.policy.refused_count(),
+        )
     }
 
     /// Counters of the component called `name`.
@@ -108,10 +130,15 @@ pub fn run(nodes: &[Node], options: &RunOptions) -> Result<RunReport, EngineErro
         let handle = std::thread::Builder::new()
             .name(format!("isthmus-{id}"))
             .spawn(move || -> Result<(), EngineError> {
-                let config = if workers == 1 { timely::Config::thread() } else { timely::Config::process(workers) };
+                let config = if workers == 1 {
+                    timely::Config::thread()
+                } else {
+                    timely::Config::process(workers)
+                };
                 let guards = timely::execute(config, move |worker| {
                     worker.dataflow::<Time, _, _>(|scope| {
-                        build_graph(scope, &plan, &spec, &policy, &metrics, &hub, &shutdown).map_err(|e| e.to_string())
+                        build_graph(scope, &plan, &spec, &policy, &metrics, &hub, &shutdown)
+                            .map_err(|e| e.to_string())
                     })
                 })
                 .map_err(EngineError::Internal)?;
@@ -119,7 +146,11 @@ pub fn run(nodes: &[Node], options: &RunOptions) -> Result<RunReport, EngineErro
                     match result {
                         Ok(Ok(())) => {}
                         Ok(Err(message)) => return Err(EngineError::component(&id, message)),
-                        Err(panic) => return Err(EngineError::Internal(format!("worker of node `{id}` panicked: {panic}"))),
+                        Err(panic) => {
+                            return Err(EngineError::Internal(format!(
+                                "worker of node `{id}` panicked: {panic}"
+                            )));
+                        }
                     }
                 }
                 Ok(())
@@ -142,7 +173,9 @@ pub fn run(nodes: &[Node], options: &RunOptions) -> Result<RunReport, EngineErro
     }
     let mut first_error = None;
     for handle in handles {
-        let result = handle.join().unwrap_or_else(|_| Err(EngineError::Internal("node thread panicked".into())));
+        let result = handle
+            .join()
+            .unwrap_or_else(|_| Err(EngineError::Internal("node thread panicked".into())));
         if let Err(e) = result {
             first_error.get_or_insert(e);
         }
@@ -150,7 +183,10 @@ pub fn run(nodes: &[Node], options: &RunOptions) -> Result<RunReport, EngineErro
     if let Some(e) = first_error {
         return Err(e);
     }
-    Ok(RunReport { nodes: nodes.iter().map(Node::summary).collect(), elapsed: started.elapsed() })
+    Ok(RunReport {
+        nodes: nodes.iter().map(Node::summary).collect(),
+        elapsed: started.elapsed(),
+    })
 }
 
 /// Counts rows and bytes leaving a component.
@@ -162,7 +198,11 @@ fn count_out<'s>(stream: BatchStream<'s>, metrics: Arc<ComponentMetrics>) -> Bat
 }
 
 /// Counts rows and bytes entering a component; at sinks, records source→sink latency.
-fn count_in<'s>(stream: BatchStream<'s>, metrics: Arc<ComponentMetrics>, is_sink: bool) -> BatchStream<'s> {
+fn count_in<'s>(
+    stream: BatchStream<'s>,
+    metrics: Arc<ComponentMetrics>,
+    is_sink: bool,
+) -> BatchStream<'s> {
     stream.inspect(move |b: &Batch| {
         let rows = b.num_rows() as u64;
         ComponentMetrics::add(&metrics.rows_in, rows);
@@ -224,9 +264,17 @@ fn build_graph<'s>(
             let mut inputs: Vec<BatchStream<'s>> = c
                 .inputs
                 .iter()
-                .map(|r| streams.get(&r.text).cloned().ok_or_else(|| EngineError::Internal(format!("input `{}` not built", r.text))))
+                .map(|r| {
+                    streams.get(&r.text).cloned().ok_or_else(|| {
+                        EngineError::Internal(format!("input `{}` not built", r.text))
+                    })
+                })
                 .collect::<Result<_, _>>()?;
-            let merged = if inputs.len() == 1 { inputs.pop().expect("one input") } else { scope.concatenate(inputs) };
+            let merged = if inputs.len() == 1 {
+                inputs.pop().expect("one input")
+            } else {
+                scope.concatenate(inputs)
+            };
             Some(count_in(merged, m.clone(), c.kind == Kind::Sink))
         };
         let cx = BuildContext {
@@ -237,7 +285,10 @@ fn build_graph<'s>(
             metrics: m.clone(),
             channels: hub.clone(),
             shutdown: shutdown.clone(),
-            input_schema: c.inputs.first().and_then(|r| plan.schemas.get(&r.text).cloned()),
+            input_schema: c
+                .inputs
+                .first()
+                .and_then(|r| plan.schemas.get(&r.text).cloned()),
             base_dir: spec.base_dir.clone(),
         };
         let outputs: Option<Outputs<BatchStream<'s>>> = match (&c.config, input) {
@@ -247,7 +298,12 @@ fn build_graph<'s>(
                 s.build(input, &cx)?;
                 None
             }
-            _ => return Err(EngineError::Internal(format!("component `{}` has no input", c.name))),
+            _ => {
+                return Err(EngineError::Internal(format!(
+                    "component `{}` has no input",
+                    c.name
+                )));
+            }
         };
         if let Some(outputs) = outputs {
             streams.insert(c.name.clone(), count_out(outputs.main, m.clone()));

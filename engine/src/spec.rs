@@ -142,7 +142,12 @@ pub struct PipelineSpec {
 
 impl PipelineSpec {
     /// A located error in this file.
-    pub fn error(&self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    pub fn error(
+        &self,
+        span: Range<usize>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
         locate(&self.file, &self.text, span, key, message)
     }
 
@@ -153,12 +158,30 @@ impl PipelineSpec {
 }
 
 /// Builds a located error from a byte span of `text`.
-pub fn locate(file: &Path, text: &str, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+pub fn locate(
+    file: &Path,
+    text: &str,
+    span: Range<usize>,
+    key: impl Into<String>,
+    message: impl Into<String>,
+) -> ConfigError {
     let start = span.start.min(text.len());
     let before = &text[..start];
     let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
-    ConfigError { file: file.to_path_buf(), line, column, key: key.into(), message: message.into(), help: None }
+    let column = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
+    ConfigError {
+        file: file.to_path_buf(),
+        line,
+        column,
+        key: key.into(),
+        message: message.into(),
+        help: None,
+    }
 }
 
 /// The closest candidate to `word`, if one is close enough to be a likely typo.
@@ -193,20 +216,36 @@ struct Parser<'a> {
 }
 
 impl Parser<'_> {
-    fn err(&mut self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) -> &mut ConfigError {
-        self.errors.push(locate(self.file, self.text, span, key, message));
+    fn err(
+        &mut self,
+        span: Range<usize>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> &mut ConfigError {
+        self.errors
+            .push(locate(self.file, self.text, span, key, message));
         self.errors.last_mut().expect("just pushed")
     }
 
     /// Converts a deserialization error inside the table at `prefix` into a located error.
-    fn de_error(&mut self, error: toml::de::Error, prefix: &str, table: &DeTable<'_>, fallback: Range<usize>) {
+    fn de_error(
+        &mut self,
+        error: toml::de::Error,
+        prefix: &str,
+        table: &DeTable<'_>,
+        fallback: Range<usize>,
+    ) {
         let span = error.span().unwrap_or(fallback.clone());
         let message = error.message().trim().to_string();
         if let Some(rest) = message.strip_prefix("unknown field `") {
             let field = rest.split('`').next().unwrap_or("").to_string();
             let expected: Vec<&str> = rest.split('`').skip(2).step_by(2).collect();
             let span = key_span(table, &field).unwrap_or(span);
-            let e = self.err(span, format!("{prefix}.{field}"), format!("unknown key `{field}`"));
+            let e = self.err(
+                span,
+                format!("{prefix}.{field}"),
+                format!("unknown key `{field}`"),
+            );
             e.help = Some(match suggest(&field, expected.iter().copied()) {
                 Some(s) => format!("did you mean `{s}`?"),
                 None if expected.is_empty() => "this component takes no other keys".to_string(),
@@ -216,27 +255,45 @@ impl Parser<'_> {
         }
         if let Some(rest) = message.strip_prefix("missing field `") {
             let field = rest.split('`').next().unwrap_or("");
-            self.err(fallback, format!("{prefix}.{field}"), format!("missing required key `{field}`"));
+            self.err(
+                fallback,
+                format!("{prefix}.{field}"),
+                format!("missing required key `{field}`"),
+            );
             return;
         }
         let path = key_path_at(table, span.start);
-        let key = if path.is_empty() { prefix.to_string() } else { format!("{prefix}.{}", path.join(".")) };
+        let key = if path.is_empty() {
+            prefix.to_string()
+        } else {
+            format!("{prefix}.{}", path.join("."))
+        };
         self.err(span, key, message);
     }
 }
 
 fn key_span(table: &DeTable<'_>, key: &str) -> Option<Range<usize>> {
-    table.iter().find(|(k, _)| k.get_ref().as_ref() == key).map(|(k, _)| k.span())
+    table
+        .iter()
+        .find(|(k, _)| k.get_ref().as_ref() == key)
+        .map(|(k, _)| k.span())
 }
 
-fn get<'t, 'i>(table: &'t DeTable<'i>, key: &str) -> Option<(&'t Spanned<std::borrow::Cow<'i, str>>, &'t Spanned<DeValue<'i>>)> {
+fn get<'t, 'i>(
+    table: &'t DeTable<'i>,
+    key: &str,
+) -> Option<(
+    &'t Spanned<std::borrow::Cow<'i, str>>,
+    &'t Spanned<DeValue<'i>>,
+)> {
     table.iter().find(|(k, _)| k.get_ref().as_ref() == key)
 }
 
 /// The key path inside `table` whose key or value covers `offset`.
 fn key_path_at(table: &DeTable<'_>, offset: usize) -> Vec<String> {
     for (k, v) in table.iter() {
-        let covers = k.span().contains(&offset) || v.span().contains(&offset) || v.span().start == offset;
+        let covers =
+            k.span().contains(&offset) || v.span().contains(&offset) || v.span().start == offset;
         if covers {
             let mut path = vec![k.get_ref().to_string()];
             if let DeValue::Table(inner) = v.get_ref() {
@@ -249,7 +306,11 @@ fn key_path_at(table: &DeTable<'_>, offset: usize) -> Vec<String> {
 }
 
 /// Collects `(key path, span, policy name)` for every `${policy.NAME}` in string values.
-fn policy_refs(prefix: &str, value: &Spanned<DeValue<'_>>, out: &mut Vec<(String, Range<usize>, String)>) {
+fn policy_refs(
+    prefix: &str,
+    value: &Spanned<DeValue<'_>>,
+    out: &mut Vec<(String, Range<usize>, String)>,
+) {
     match value.get_ref() {
         DeValue::String(s) => {
             for name in references(s) {
@@ -272,7 +333,11 @@ fn policy_refs(prefix: &str, value: &Spanned<DeValue<'_>>, out: &mut Vec<(String
 
 fn record_key_spans(prefix: &str, table: &DeTable<'_>, out: &mut BTreeMap<String, Range<usize>>) {
     for (k, v) in table.iter() {
-        let path = if prefix.is_empty() { k.get_ref().to_string() } else { format!("{prefix}.{}", k.get_ref()) };
+        let path = if prefix.is_empty() {
+            k.get_ref().to_string()
+        } else {
+            format!("{prefix}.{}", k.get_ref())
+        };
         out.insert(path.clone(), k.span());
         if let DeValue::Table(inner) = v.get_ref() {
             record_key_spans(&path, inner, out);
@@ -283,8 +348,16 @@ fn record_key_spans(prefix: &str, table: &DeTable<'_>, out: &mut BTreeMap<String
 const TOP_LEVEL: [&str; 5] = ["node", "policy", "sources", "transforms", "sinks"];
 
 /// Parses pipeline text; `file` is used for messages and to resolve relative paths.
-pub fn parse_str(text: &str, file: &Path, registry: &Registry) -> Result<PipelineSpec, ConfigErrors> {
-    let mut p = Parser { file, text, errors: Vec::new() };
+pub fn parse_str(
+    text: &str,
+    file: &Path,
+    registry: &Registry,
+) -> Result<PipelineSpec, ConfigErrors> {
+    let mut p = Parser {
+        file,
+        text,
+        errors: Vec::new(),
+    };
     let root = match DeTable::parse(text) {
         Ok(root) => root,
         Err(e) => {
@@ -308,8 +381,12 @@ pub fn parse_str(text: &str, file: &Path, registry: &Registry) -> Result<Pipelin
     // [node]
     let node = match get(&root, "node") {
         None => {
-            p.err(root_span.start..root_span.start, "node", "missing `[node]` section")
-                .help = Some("add `[node]` with `id = \"…\"` (and `role = \"edge\"|\"cloud\"`)".into());
+            p.err(
+                root_span.start..root_span.start,
+                "node",
+                "missing `[node]` section",
+            )
+            .help = Some("add `[node]` with `id = \"…\"` (and `role = \"edge\"|\"cloud\"`)".into());
             None
         }
         Some((k, v)) => match v.get_ref() {
@@ -350,8 +427,12 @@ pub fn parse_str(text: &str, file: &Path, registry: &Registry) -> Result<Pipelin
             let help = suggest(name.get_ref(), policy.tunables.keys().map(String::as_str))
                 .map(|s| format!("did you mean `{s}`?"))
                 .unwrap_or_else(|| "declare it under [policy.tunables] with its default".into());
-            p.err(name.span(), "policy.remote", format!("`{}` is not a declared tunable", name.get_ref()))
-                .help = Some(help);
+            p.err(
+                name.span(),
+                "policy.remote",
+                format!("`{}` is not a declared tunable", name.get_ref()),
+            )
+            .help = Some(help);
         }
     }
 
@@ -359,24 +440,43 @@ pub fn parse_str(text: &str, file: &Path, registry: &Registry) -> Result<Pipelin
     let mut components = Vec::new();
     let mut seen: BTreeMap<String, Range<usize>> = BTreeMap::new();
     for kind in [Kind::Source, Kind::Transform, Kind::Sink] {
-        let Some((_, section)) = get(&root, kind.table()) else { continue };
+        let Some((_, section)) = get(&root, kind.table()) else {
+            continue;
+        };
         let DeValue::Table(section) = section.get_ref() else {
-            p.err(section.span(), kind.table(), format!("`{}` must be a table of {} tables", kind.table(), kind.noun()));
+            p.err(
+                section.span(),
+                kind.table(),
+                format!(
+                    "`{}` must be a table of {} tables",
+                    kind.table(),
+                    kind.noun()
+                ),
+            );
             continue;
         };
         for (name_key, value) in section.iter() {
             let name = name_key.get_ref().to_string();
             let path = format!("{}.{}", kind.table(), name);
             if name.contains('.') || name.is_empty() {
-                p.err(name_key.span(), &path, "component names may not be empty or contain `.`");
+                p.err(
+                    name_key.span(),
+                    &path,
+                    "component names may not be empty or contain `.`",
+                );
                 continue;
             }
             if seen.insert(name.clone(), name_key.span()).is_some() {
-                p.err(name_key.span(), &path, format!("component name `{name}` is used twice"))
-                    .help = Some("names must be unique across sources, transforms and sinks".into());
+                p.err(
+                    name_key.span(),
+                    &path,
+                    format!("component name `{name}` is used twice"),
+                )
+                .help = Some("names must be unique across sources, transforms and sinks".into());
                 continue;
             }
-            if let Some(c) = parse_component(&mut p, registry, kind, &name, name_key.span(), value) {
+            if let Some(c) = parse_component(&mut p, registry, kind, &name, name_key.span(), value)
+            {
                 components.push(c);
             }
         }
@@ -384,7 +484,9 @@ pub fn parse_str(text: &str, file: &Path, registry: &Registry) -> Result<Pipelin
 
     // ${policy.NAME} references must name declared tunables.
     for kind in [Kind::Source, Kind::Transform, Kind::Sink] {
-        let Some((_, section)) = get(&root, kind.table()) else { continue };
+        let Some((_, section)) = get(&root, kind.table()) else {
+            continue;
+        };
         let mut refs = Vec::new();
         policy_refs(kind.table(), section, &mut refs);
         for (key, span, name) in refs {
@@ -392,7 +494,12 @@ pub fn parse_str(text: &str, file: &Path, registry: &Registry) -> Result<Pipelin
                 let help = suggest(&name, policy.tunables.keys().map(String::as_str))
                     .map(|s| format!("did you mean `${{policy.{s}}}`?"))
                     .unwrap_or_else(|| format!("declare `{name}` under [policy.tunables]"));
-                p.err(span, key, format!("`${{policy.{name}}}` names no declared tunable")).help = Some(help);
+                p.err(
+                    span,
+                    key,
+                    format!("`${{policy.{name}}}` names no declared tunable"),
+                )
+                .help = Some(help);
             }
         }
     }
@@ -403,7 +510,11 @@ pub fn parse_str(text: &str, file: &Path, registry: &Registry) -> Result<Pipelin
     let base_dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
     Ok(PipelineSpec {
         file: file.to_path_buf(),
-        base_dir: if base_dir.as_os_str().is_empty() { PathBuf::from(".") } else { base_dir },
+        base_dir: if base_dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            base_dir
+        },
         text: Arc::from(text),
         node: node.expect("no errors means [node] parsed"),
         policy_defaults: policy.tunables,
@@ -422,7 +533,11 @@ fn parse_component(
 ) -> Option<ComponentSpec> {
     let path = format!("{}.{}", kind.table(), name);
     let DeValue::Table(table) = value.get_ref() else {
-        p.err(value.span(), &path, format!("a {} must be a table with `type = \"…\"`", kind.noun()));
+        p.err(
+            value.span(),
+            &path,
+            format!("a {} must be a table with `type = \"…\"`", kind.noun()),
+        );
         return None;
     };
     let mut key_spans = BTreeMap::new();
@@ -431,8 +546,12 @@ fn parse_component(
     let types = registry.type_names(kind);
     let type_name = match get(table, "type") {
         None => {
-            p.err(name_span.clone(), format!("{path}.type"), format!("missing `type` for {} `{name}`", kind.noun()))
-                .help = Some(format!("one of: {}", types.join(", ")));
+            p.err(
+                name_span.clone(),
+                format!("{path}.type"),
+                format!("missing `type` for {} `{name}`", kind.noun()),
+            )
+            .help = Some(format!("one of: {}", types.join(", ")));
             None
         }
         Some((_, v)) => match v.get_ref() {
@@ -447,26 +566,45 @@ fn parse_component(
     let mut inputs = Vec::new();
     match (kind, get(table, "inputs")) {
         (Kind::Source, Some((k, _))) => {
-            p.err(k.span(), format!("{path}.inputs"), "sources take no `inputs`");
+            p.err(
+                k.span(),
+                format!("{path}.inputs"),
+                "sources take no `inputs`",
+            );
         }
         (Kind::Source, None) => {}
         (_, None) => {
-            p.err(name_span.clone(), format!("{path}.inputs"), format!("missing `inputs` for {} `{name}`", kind.noun()))
-                .help = Some("list the components it reads from, e.g. `inputs = [\"sim\"]`".into());
+            p.err(
+                name_span.clone(),
+                format!("{path}.inputs"),
+                format!("missing `inputs` for {} `{name}`", kind.noun()),
+            )
+            .help = Some("list the components it reads from, e.g. `inputs = [\"sim\"]`".into());
         }
         (_, Some((_, v))) => match v.get_ref() {
             DeValue::Array(items) if !items.is_empty() => {
                 for item in items.iter() {
                     match item.get_ref() {
-                        DeValue::String(s) => inputs.push(InputRef { text: s.to_string(), span: item.span() }),
+                        DeValue::String(s) => inputs.push(InputRef {
+                            text: s.to_string(),
+                            span: item.span(),
+                        }),
                         _ => {
-                            p.err(item.span(), format!("{path}.inputs"), "inputs must be strings");
+                            p.err(
+                                item.span(),
+                                format!("{path}.inputs"),
+                                "inputs must be strings",
+                            );
                         }
                     }
                 }
             }
             _ => {
-                p.err(v.span(), format!("{path}.inputs"), "`inputs` must be a non-empty list of component names");
+                p.err(
+                    v.span(),
+                    format!("{path}.inputs"),
+                    "`inputs` must be a non-empty list of component names",
+                );
             }
         },
     }
@@ -479,10 +617,19 @@ fn parse_component(
         };
         for other in [Kind::Source, Kind::Transform, Kind::Sink] {
             if other != kind && registry.get(other, &type_name).is_some() {
-                help = format!("`{type_name}` is a {}; put it under [{}.{name}]", other.noun(), other.table());
+                help = format!(
+                    "`{type_name}` is a {}; put it under [{}.{name}]",
+                    other.noun(),
+                    other.table()
+                );
             }
         }
-        p.err(type_span, format!("{path}.type"), format!("unknown {} type `{type_name}`", kind.noun())).help = Some(help);
+        p.err(
+            type_span,
+            format!("{path}.type"),
+            format!("unknown {} type `{type_name}`", kind.noun()),
+        )
+        .help = Some(help);
         return None;
     };
 

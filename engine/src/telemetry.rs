@@ -53,7 +53,9 @@ impl ComponentMetrics {
             bytes_out: AtomicU64::new(0),
             dead_letters: AtomicU64::new(0),
             late: AtomicU64::new(0),
-            latency_us: Mutex::new(Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")),
+            latency_us: Mutex::new(
+                Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"),
+            ),
         }
     }
 
@@ -79,12 +81,19 @@ impl ComponentMetrics {
     /// Latency quantile in microseconds (0 when nothing was recorded).
     pub fn latency_quantile_us(&self, q: f64) -> u64 {
         let h = self.latency_us.lock().expect("histogram lock poisoned");
-        if h.is_empty() { 0 } else { h.value_at_quantile(q) }
+        if h.is_empty() {
+            0
+        } else {
+            h.value_at_quantile(q)
+        }
     }
 
     /// Largest latency recorded, in microseconds.
     pub fn latency_max_us(&self) -> u64 {
-        self.latency_us.lock().expect("histogram lock poisoned").max()
+        self.latency_us
+            .lock()
+            .expect("histogram lock poisoned")
+            .max()
     }
 }
 
@@ -119,9 +128,20 @@ pub struct NodeSummary {
 
 impl NodeSummary {
     /// Builds the summary of a node from its components' metrics.
-    pub fn collect(node: &str, components: &[std::sync::Arc<ComponentMetrics>], policy_applied: u64, policy_refused: u64) -> Self {
-        let mut s = NodeSummary { node: node.to_string(), policy_applied, policy_refused, ..Default::default() };
-        let mut merged = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds");
+    pub fn collect(
+        node: &str,
+        components: &[std::sync::Arc<ComponentMetrics>],
+        policy_applied: u64,
+        policy_refused: u64,
+    ) -> Self {
+        let mut s = NodeSummary {
+            node: node.to_string(),
+            policy_applied,
+            policy_refused,
+            ..Default::default()
+        };
+        let mut merged =
+            Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds");
         for c in components {
             let g = ComponentMetrics::get;
             match c.kind {
@@ -151,7 +171,11 @@ impl NodeSummary {
 
     /// The share of input bytes that did not have to leave the node, in percent.
     pub fn bandwidth_saved_pct(&self) -> f64 {
-        if self.bytes_in == 0 { 0.0 } else { 100.0 * (1.0 - self.bytes_forwarded as f64 / self.bytes_in as f64) }
+        if self.bytes_in == 0 {
+            0.0
+        } else {
+            100.0 * (1.0 - self.bytes_forwarded as f64 / self.bytes_in as f64)
+        }
     }
 
     /// One line for the progress display.
@@ -183,7 +207,11 @@ impl NodeSummary {
         );
         let _ = writeln!(out, "  dead-lettered        {:>12}", self.dead_letters);
         let _ = writeln!(out, "  late                 {:>12}", self.late);
-        let _ = writeln!(out, "  policy changes       {:>12} applied, {} refused", self.policy_applied, self.policy_refused);
+        let _ = writeln!(
+            out,
+            "  policy changes       {:>12} applied, {} refused",
+            self.policy_applied, self.policy_refused
+        );
         let _ = write!(
             out,
             "  latency source→sink  p50 {}  p99 {}  max {}",

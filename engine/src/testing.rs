@@ -38,7 +38,10 @@ impl Collected {
 
     /// Rows of side output `name`.
     pub fn side_rows(&self, name: &str) -> usize {
-        self.side.get(name).map(|v| v.iter().map(|(_, b)| b.num_rows()).sum()).unwrap_or(0)
+        self.side
+            .get(name)
+            .map(|v| v.iter().map(|(_, b)| b.num_rows()).sum())
+            .unwrap_or(0)
     }
 
     /// The main output concatenated into one batch (None if empty).
@@ -66,18 +69,30 @@ impl Default for Harness {
         Harness {
             policy: Arc::new(PolicyStore::new(Default::default(), Default::default())),
             channels: Arc::new(ChannelHub::new()),
-            metrics: Arc::new(ComponentMetrics::new("under_test", Kind::Transform, "test", false)),
+            metrics: Arc::new(ComponentMetrics::new(
+                "under_test",
+                Kind::Transform,
+                "test",
+                false,
+            )),
             base_dir: PathBuf::from("."),
         }
     }
 }
 
 impl Harness {
-    fn context<'s>(&self, scope: crate::batch::Scope<'s>, input_schema: Option<SchemaRef>) -> BuildContext<'s> {
+    fn context<'s>(
+        &self,
+        scope: crate::batch::Scope<'s>,
+        input_schema: Option<SchemaRef>,
+    ) -> BuildContext<'s> {
         BuildContext {
             scope,
             name: "under_test".into(),
-            node: Arc::new(NodeSpec { id: "test-node".into(), role: Role::Standalone }),
+            node: Arc::new(NodeSpec {
+                id: "test-node".into(),
+                role: Role::Standalone,
+            }),
             policy: self.policy.clone(),
             metrics: self.metrics.clone(),
             channels: self.channels.clone(),
@@ -93,44 +108,64 @@ impl Harness {
         {
             let out = out.clone();
             run_single(move |scope, probe| {
-                let outputs = source.build(&self.context(scope, None)).expect("source builds");
+                let outputs = source
+                    .build(&self.context(scope, None))
+                    .expect("source builds");
                 collect(outputs, &out, probe);
             });
         }
-        Rc::try_unwrap(out).map(RefCell::into_inner).unwrap_or_else(|rc| rc.borrow().clone())
+        Rc::try_unwrap(out)
+            .map(RefCell::into_inner)
+            .unwrap_or_else(|rc| rc.borrow().clone())
     }
 
     /// Runs a transform on one worker over `input`, given as (time, batch) pairs sent in order
     /// (the input's watermark advances to each batch's time before it is sent).
-    pub fn run_transform(&self, transform: &dyn Transform, schema: SchemaRef, input: Vec<(Time, RecordBatch)>) -> Collected {
+    pub fn run_transform(
+        &self,
+        transform: &dyn Transform,
+        schema: SchemaRef,
+        input: Vec<(Time, RecordBatch)>,
+    ) -> Collected {
         let out: Rc<RefCell<Collected>> = Default::default();
         {
             let out = out.clone();
             run_with_input(input, move |scope, stream, probe| {
-                let outputs = transform.build(stream, &self.context(scope, Some(schema.clone()))).expect("transform builds");
+                let outputs = transform
+                    .build(stream, &self.context(scope, Some(schema.clone())))
+                    .expect("transform builds");
                 collect(outputs, &out, probe);
             });
         }
-        Rc::try_unwrap(out).map(RefCell::into_inner).unwrap_or_else(|rc| rc.borrow().clone())
+        Rc::try_unwrap(out)
+            .map(RefCell::into_inner)
+            .unwrap_or_else(|rc| rc.borrow().clone())
     }
 
     /// Runs a sink on one worker over `input`.
     pub fn run_sink(&self, sink: &dyn Sink, schema: SchemaRef, input: Vec<(Time, RecordBatch)>) {
         run_with_input(input, move |scope, stream, probe| {
             let stream = stream.probe_with(probe);
-            sink.build(stream, &self.context(scope, Some(schema.clone()))).expect("sink builds");
+            sink.build(stream, &self.context(scope, Some(schema.clone())))
+                .expect("sink builds");
         });
     }
 }
 
-fn collect<'s>(outputs: Outputs<BatchStream<'s>>, out: &Rc<RefCell<Collected>>, probe: &mut ProbeHandle<Time>) {
+fn collect<'s>(
+    outputs: Outputs<BatchStream<'s>>,
+    out: &Rc<RefCell<Collected>>,
+    probe: &mut ProbeHandle<Time>,
+) {
     let o = out.clone();
     outputs
         .main
         .inspect_core(move |event| {
             if let Ok((stamp, data)) = event {
                 let t = stamp.least().copied().unwrap_or_default();
-                o.borrow_mut().main.extend(data.iter().map(|b: &Batch| (t, b.data.clone())));
+                o.borrow_mut()
+                    .main
+                    .extend(data.iter().map(|b: &Batch| (t, b.data.clone())));
             }
         })
         .probe_with(probe);
@@ -157,7 +192,9 @@ where
 {
     let mut worker = timely::worker::Worker::new(
         timely::WorkerConfig::default(),
-        timely::communication::Allocator::Thread(timely::communication::allocator::thread::Thread::default()),
+        timely::communication::Allocator::Thread(
+            timely::communication::allocator::thread::Thread::default(),
+        ),
         Some(std::time::Instant::now()),
     );
     let mut probe = ProbeHandle::new();
@@ -173,11 +210,14 @@ where
 {
     let mut worker = timely::worker::Worker::new(
         timely::WorkerConfig::default(),
-        timely::communication::Allocator::Thread(timely::communication::allocator::thread::Thread::default()),
+        timely::communication::Allocator::Thread(
+            timely::communication::allocator::thread::Thread::default(),
+        ),
         Some(std::time::Instant::now()),
     );
     let mut probe = ProbeHandle::new();
-    let mut handle: InputHandle<Time, timely::container::CapacityContainerBuilder<Vec<Batch>>> = InputHandle::new();
+    let mut handle: InputHandle<Time, timely::container::CapacityContainerBuilder<Vec<Batch>>> =
+        InputHandle::new();
     worker.dataflow::<Time, _, _>(|scope| {
         let stream = scope.input_from(&mut handle);
         build(scope, stream, &mut probe);

@@ -20,7 +20,11 @@ impl DurationSpec {
         let t = text.trim();
         let split = t
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(|| format!("bad duration `{text}`: missing unit (use us, ms, s, m, h or d, e.g. \"10s\")"))?;
+            .ok_or_else(|| {
+                format!(
+                    "bad duration `{text}`: missing unit (use us, ms, s, m, h or d, e.g. \"10s\")"
+                )
+            })?;
         let (number, unit) = t.split_at(split);
         let value: f64 = number
             .parse()
@@ -38,7 +42,9 @@ impl DurationSpec {
                 ));
             }
         };
-        Ok(DurationSpec(Duration::from_nanos((value * nanos_per_unit).round() as u64)))
+        Ok(DurationSpec(Duration::from_nanos(
+            (value * nanos_per_unit).round() as u64,
+        )))
     }
 }
 
@@ -80,7 +86,9 @@ impl ByteSize {
         let t = text.trim();
         let split = t
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(|| format!("bad size `{text}`: missing unit (use B, KiB, MiB, GiB, KB, MB or GB)"))?;
+            .ok_or_else(|| {
+                format!("bad size `{text}`: missing unit (use B, KiB, MiB, GiB, KB, MB or GB)")
+            })?;
         let (number, unit) = t.split_at(split);
         let value: f64 = number
             .parse()
@@ -126,8 +134,16 @@ mod tests {
         assert_eq!(DurationSpec::parse("10s").unwrap().as_millis(), 10_000);
         assert_eq!(DurationSpec::parse("1.5m").unwrap().as_millis(), 90_000);
         assert_eq!(DurationSpec::parse("2h").unwrap().as_millis(), 7_200_000);
-        assert!(DurationSpec::parse("10").unwrap_err().contains("missing unit"));
-        assert!(DurationSpec::parse("10 parsecs").unwrap_err().contains("unknown unit"));
+        assert!(
+            DurationSpec::parse("10")
+                .unwrap_err()
+                .contains("missing unit")
+        );
+        assert!(
+            DurationSpec::parse("10 parsecs")
+                .unwrap_err()
+                .contains("unknown unit")
+        );
     }
 
     #[test]

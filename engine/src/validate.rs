@@ -42,7 +42,10 @@ impl Plan {
 fn problem_error(spec: &PipelineSpec, index: usize, problem: Problem) -> ConfigError {
     let c = &spec.components[index];
     let (span, key) = match &problem.key {
-        Some(k) => (c.key_spans.get(k).cloned().unwrap_or(c.span.clone()), format!("{}.{k}", c.path())),
+        Some(k) => (
+            c.key_spans.get(k).cloned().unwrap_or(c.span.clone()),
+            format!("{}.{k}", c.path()),
+        ),
         None => (c.span.clone(), c.path()),
     };
     let mut e = spec.error(span, key, problem.message);
@@ -53,17 +56,32 @@ fn problem_error(spec: &PipelineSpec, index: usize, problem: Problem) -> ConfigE
 /// Same field names and types, ignoring metadata and nullability.
 fn same_shape(a: &SchemaRef, b: &SchemaRef) -> bool {
     a.fields().len() == b.fields().len()
-        && a.fields().iter().zip(b.fields().iter()).all(|(x, y)| x.name() == y.name() && x.data_type() == y.data_type())
+        && a.fields()
+            .iter()
+            .zip(b.fields().iter())
+            .all(|(x, y)| x.name() == y.name() && x.data_type() == y.data_type())
 }
 
 /// Validates one parsed pipeline on its own (channels it reads have no known schema).
 pub fn validate(spec: PipelineSpec) -> Result<Plan, ConfigErrors> {
     let (order, schemas, errors) = check(&spec, &BTreeMap::new());
-    if errors.is_empty() { Ok(Plan { spec, order, schemas }) } else { Err(ConfigErrors(errors)) }
+    if errors.is_empty() {
+        Ok(Plan {
+            spec,
+            order,
+            schemas,
+        })
+    } else {
+        Err(ConfigErrors(errors))
+    }
 }
 
 /// The input schema of every `channel` sink whose input schema is known.
-fn channel_schemas(spec: &PipelineSpec, schemas: &BTreeMap<String, SchemaRef>, out: &mut BTreeMap<String, SchemaRef>) {
+fn channel_schemas(
+    spec: &PipelineSpec,
+    schemas: &BTreeMap<String, SchemaRef>,
+    out: &mut BTreeMap<String, SchemaRef>,
+) {
     for c in &spec.components {
         if let ComponentConfig::Sink(s) = &c.config
             && let (Some(name), Some(input)) = (s.writes_channel(), c.inputs.first())
@@ -79,7 +97,12 @@ type Checked = (Vec<usize>, BTreeMap<String, SchemaRef>, Vec<ConfigError>);
 /// Checks one pipeline given the schemas of the channels written by the others.
 fn check(spec: &PipelineSpec, channels: &BTreeMap<String, SchemaRef>) -> Checked {
     let mut errors = Vec::new();
-    let index: HashMap<&str, usize> = spec.components.iter().enumerate().map(|(i, c)| (c.name.as_str(), i)).collect();
+    let index: HashMap<&str, usize> = spec
+        .components
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.name.as_str(), i))
+        .collect();
     let names: Vec<&str> = spec.components.iter().map(|c| c.name.as_str()).collect();
 
     // Inputs exist and are not sinks.
@@ -90,7 +113,11 @@ fn check(spec: &PipelineSpec, channels: &BTreeMap<String, SchemaRef>) -> Checked
             let (name, _) = input.split();
             match index.get(name) {
                 None => {
-                    let mut e = spec.error(input.span.clone(), format!("{}.inputs", c.path()), format!("unknown input `{name}`"));
+                    let mut e = spec.error(
+                        input.span.clone(),
+                        format!("{}.inputs", c.path()),
+                        format!("unknown input `{name}`"),
+                    );
                     e.help = Some(match suggest(name, names.iter().copied()) {
                         Some(s) => format!("did you mean `{s}`?"),
                         None => format!("components are: {}", names.join(", ")),
@@ -114,7 +141,13 @@ fn check(spec: &PipelineSpec, channels: &BTreeMap<String, SchemaRef>) -> Checked
     // Topological order, reporting cycles.
     let mut order = Vec::new();
     let mut state = vec![0u8; spec.components.len()]; // 0 new, 1 visiting, 2 done
-    fn visit(i: usize, edges: &[Vec<usize>], state: &mut [u8], order: &mut Vec<usize>, stack: &mut Vec<usize>) -> Option<Vec<usize>> {
+    fn visit(
+        i: usize,
+        edges: &[Vec<usize>],
+        state: &mut [u8],
+        order: &mut Vec<usize>,
+        stack: &mut Vec<usize>,
+    ) -> Option<Vec<usize>> {
         match state[i] {
             2 => return None,
             1 => {
@@ -138,7 +171,10 @@ fn check(spec: &PipelineSpec, channels: &BTreeMap<String, SchemaRef>) -> Checked
     for i in 0..spec.components.len() {
         let mut stack = Vec::new();
         if let Some(cycle) = visit(i, &edges, &mut state, &mut order, &mut stack) {
-            let names: Vec<&str> = cycle.iter().map(|&k| spec.components[k].name.as_str()).collect();
+            let names: Vec<&str> = cycle
+                .iter()
+                .map(|&k| spec.components[k].name.as_str())
+                .collect();
             let first = &spec.components[cycle[0]];
             errors.push(spec.error(
                 first.span.clone(),
@@ -154,7 +190,12 @@ fn check(spec: &PipelineSpec, channels: &BTreeMap<String, SchemaRef>) -> Checked
 
     // Schemas flow through the graph.
     let snapshot = PolicyStore::new(spec.policy_defaults.clone(), spec.remote.clone()).snapshot();
-    let cx = CheckContext { node: &spec.node, policy: &snapshot, base_dir: &spec.base_dir, channels };
+    let cx = CheckContext {
+        node: &spec.node,
+        policy: &snapshot,
+        base_dir: &spec.base_dir,
+        channels,
+    };
     let mut schemas: BTreeMap<String, SchemaRef> = BTreeMap::new();
     for &i in &order {
         let c = &spec.components[i];
@@ -172,7 +213,10 @@ fn check(spec: &PipelineSpec, channels: &BTreeMap<String, SchemaRef>) -> Checked
                         let mut e = spec.error(
                             input.span.clone(),
                             format!("{}.inputs", c.path()),
-                            format!("input `{}` has a different schema than `{}`", input.text, c.inputs[0].text),
+                            format!(
+                                "input `{}` has a different schema than `{}`",
+                                input.text, c.inputs[0].text
+                            ),
                         );
                         e.help = Some("inputs of one component must have the same columns; add a `map` to align them".into());
                         errors.push(e);
@@ -254,7 +298,11 @@ pub fn validate_all(specs: Vec<PipelineSpec>) -> Result<Vec<Plan>, ConfigErrors>
     let mut plans = Vec::new();
     for (spec, (order, schemas, errs)) in specs.into_iter().zip(results) {
         if errs.is_empty() {
-            plans.push(Plan { spec, order, schemas });
+            plans.push(Plan {
+                spec,
+                order,
+                schemas,
+            });
         } else {
             errors.extend(errs);
         }
@@ -262,7 +310,15 @@ pub fn validate_all(specs: Vec<PipelineSpec>) -> Result<Vec<Plan>, ConfigErrors>
     let mut ids: BTreeMap<&str, usize> = BTreeMap::new();
     for (i, p) in plans.iter().enumerate() {
         if let Some(j) = ids.insert(p.spec.node.id.as_str(), i) {
-            let mut e = p.spec.error(0..0, "node.id", format!("node id `{}` is also used by {}", p.spec.node.id, plans[j].spec.file.display()));
+            let mut e = p.spec.error(
+                0..0,
+                "node.id",
+                format!(
+                    "node id `{}` is also used by {}",
+                    p.spec.node.id,
+                    plans[j].spec.file.display()
+                ),
+            );
             e.help = Some("each pipeline run together needs its own [node] id".into());
             errors.push(e);
         }
@@ -281,20 +337,36 @@ pub fn validate_all(specs: Vec<PipelineSpec>) -> Result<Vec<Plan>, ConfigErrors>
     for (name, rs) in &readers {
         if !writers.contains_key(name) {
             let p = &plans[rs[0]];
-            errors.push(p.spec.error(0..0, "sources", format!("channel `{name}` is read here but no pipeline run with it writes it")));
+            errors.push(p.spec.error(
+                0..0,
+                "sources",
+                format!("channel `{name}` is read here but no pipeline run with it writes it"),
+            ));
         }
         if rs.len() > 1 {
             let p = &plans[rs[1]];
-            errors.push(p.spec.error(0..0, "sources", format!("channel `{name}` is read by more than one channel source")));
+            errors.push(p.spec.error(
+                0..0,
+                "sources",
+                format!("channel `{name}` is read by more than one channel source"),
+            ));
         }
     }
     for (name, ws) in &writers {
         if !readers.contains_key(name) {
             let p = &plans[ws[0]];
-            let mut e = p.spec.error(0..0, "sinks", format!("channel `{name}` is written here but no pipeline run with it reads it"));
+            let mut e = p.spec.error(
+                0..0,
+                "sinks",
+                format!("channel `{name}` is written here but no pipeline run with it reads it"),
+            );
             e.help = Some("run the reading pipeline in the same `isthmus run` command".into());
             errors.push(e);
         }
     }
-    if errors.is_empty() { Ok(plans) } else { Err(ConfigErrors(errors)) }
+    if errors.is_empty() {
+        Ok(plans)
+    } else {
+        Err(ConfigErrors(errors))
+    }
 }

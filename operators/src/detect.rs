@@ -38,9 +38,11 @@ pub const SCORE_COLUMN: &str = "score";
 /// Scores every row by how unusual it is for its key: an online EWMA z-score.
 ///
 /// For each key (for example each device) and each listed column, `detect` keeps an
-/// exponentially weighted mean and variance. A row's score is the largest, over the
-/// columns, of `|x - mean| / std` computed with the statistics *before* the row; the row
-/// then updates them. The first value of a column sets its mean. Rows are never dropped:
+/// exponentially weighted mean and variance of the value and (with `changes = true`) of
+/// its change from the key's previous value. A row's score is the largest, over the
+/// columns, of `|x - mean| / std` of the value and of its change, computed with the
+/// statistics *before* the row; the row then updates them. Scoring changes catches
+/// faults that stay within the normal range but move unusually fast. The first value of a column sets its mean. Rows are never dropped:
 /// the output is the input plus a `score` column (Float64, never NULL). NULL, NaN and
 /// infinite values are skipped (a row without any valid value scores 0). A key scores 0
 /// until it has seen `warmup_rows` rows.
@@ -67,6 +69,14 @@ pub struct Detect {
     /// Default: 0.001.
     #[serde(default = "default_min_std")]
     pub min_std: f64,
+    /// Also score each value's change from the key's previous value (its own EWMA
+    /// statistics, with the same floor as the value's). Default: true.
+    #[serde(default = "default_changes")]
+    pub changes: bool,
+}
+
+fn default_changes() -> bool {
+    true
 }
 
 fn default_alpha() -> Param<f64> {
@@ -327,6 +337,12 @@ pub struct Scorer {
     rows_seen: Vec<u64>,
     /// Statistics per group and column (`group * columns + column`).
     stats: Vec<Ewma>,
+    /// Whether changes are scored too.
+    changes: bool,
+    /// Statistics of the change from the previous value, per group and column.
+    change_stats: Vec<Ewma>,
+    /// The previous valid value, per group and column (NaN before the first).
+    last: Vec<f64>,
     scratch_groups: Vec<u32>,
     scratch_seen: Vec<u64>,
 }
@@ -348,9 +364,18 @@ impl Scorer {
             groups: 0,
             rows_seen: Vec::new(),
             stats: Vec::new(),
+            changes: false,
+            change_stats: Vec::new(),
+            last: Vec::new(),
             scratch_groups: Vec::new(),
             scratch_seen: Vec::new(),
         })
+    }
+
+    /// Also scores each value's change from the key's previous value.
+    pub fn with_changes(mut self, changes: bool) -> Self {
+        self.changes = changes;
+        self
     }
 
     /// Scores every row of `batch` (in order) and updates the statistics.
@@ -362,6 +387,10 @@ impl Scorer {
         let groups = self.groups as usize;
         self.rows_seen.resize(groups, 0);
         self.stats.resize(groups * n_cols, Ewma::default());
+        if self.changes {
+            self.change_stats.resize(groups * n_cols, Ewma::default());
+            self.last.resize(groups * n_cols, f64::NAN);
+        }
         self.scratch_seen.clear();
         self.scratch_seen
             .extend(self.scratch_groups.iter().map(|&g| {
@@ -392,12 +421,31 @@ impl Scorer {
                 if !x.is_finite() || nulls.as_ref().is_some_and(|nb| nb.is_null(i)) {
                     continue;
                 }
-                let stats = &mut self.stats[g as usize * n_cols + c];
+                let slot = g as usize * n_cols + c;
+                let stats = &mut self.stats[slot];
                 if seen >= warmup {
                     let z = stats.z(x, min_std);
                     if z > scores[i] {
                         scores[i] = z;
                     }
+                }
+                if self.changes {
+                    let last = self.last[slot];
+                    if last.is_finite() {
+                        let change = x - last;
+                        let change_stats = &mut self.change_stats[slot];
+                        if seen >= warmup && change_stats.n > 0 {
+                            let floor = (min_std * stats.mean.abs()).max(ABS_MIN_STD);
+                            let z = (change - change_stats.mean).abs()
+                                / change_stats.var.sqrt().max(floor);
+                            let z = if z.is_finite() { z } else { f64::MAX };
+                            if z > scores[i] {
+                                scores[i] = z;
+                            }
+                        }
+                        change_stats.update(change, alpha);
+                    }
+                    self.last[slot] = x;
                 }
                 stats.update(x, alpha);
             }
@@ -531,7 +579,8 @@ impl Transform for Detect {
             self.min_std,
             &schema,
         )
-        .map_err(|e| cx.error(e))?;
+        .map_err(|e| cx.error(e))?
+        .with_changes(self.changes);
         let mut alpha =
             LiveAlpha::new(self.alpha.clone(), cx.policy.clone()).map_err(|e| cx.error(e))?;
         let name = cx.name.clone();
@@ -612,6 +661,7 @@ mod tests {
             alpha: Param::Literal(0.05),
             warmup_rows: warmup,
             min_std: 0.001,
+            changes: false,
         }
     }
 

@@ -19,7 +19,7 @@ use crate::expr::{CompiledExpr, LiveExpr, compile_template, missing_column};
 pub const EXAMPLE: &str = r#"[transforms.hot]
 type = "filter"
 inputs = ["sim"]
-predicate = "temperature > 80.0 AND fault = false"
+predicate = "temperature > 80.0 AND fault = 'none'"
 "#;
 
 /// Keeps the rows for which a SQL predicate is true; drops the others.
@@ -34,7 +34,7 @@ predicate = "temperature > 80.0 AND fault = false"
 #[serde(deny_unknown_fields)]
 pub struct Filter {
     /// SQL boolean expression over the input columns, for example
-    /// `"temperature > ${policy.max_temp} AND fault = false"`. Rows where it is true are
+    /// `"temperature > ${policy.max_temp} AND fault = 'none'"`. Rows where it is true are
     /// kept; false or NULL drops the row.
     pub predicate: String,
 }
@@ -363,6 +363,6 @@ mod tests {
         t.remove("type");
         t.remove("inputs");
         let f: Filter = t.try_into().unwrap();
-        assert_eq!(f.predicate, "temperature > 80.0 AND fault = false");
+        assert_eq!(f.predicate, "temperature > 80.0 AND fault = 'none'");
     }
 }

@@ -124,6 +124,30 @@ impl serde::Serialize for ByteSize {
     }
 }
 
+impl schemars::JsonSchema for DurationSpec {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "DurationSpec".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "A duration with its unit: us, ms, s, m, h or d (e.g. \"10s\")."
+        })
+    }
+}
+
+impl schemars::JsonSchema for ByteSize {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ByteSize".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "A size with its unit: B, KiB, MiB, GiB, KB, MB or GB (e.g. \"4MiB\")."
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,29 +175,5 @@ mod tests {
         assert_eq!(ByteSize::parse("4MiB").unwrap().0, 4 * 1024 * 1024);
         assert_eq!(ByteSize::parse("1KB").unwrap().0, 1000);
         assert!(ByteSize::parse("4 potatoes").is_err());
-    }
-}
-
-impl schemars::JsonSchema for DurationSpec {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "DurationSpec".into()
-    }
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({
-            "type": "string",
-            "description": "A duration with its unit: us, ms, s, m, h or d (e.g. \"10s\")."
-        })
-    }
-}
-
-impl schemars::JsonSchema for ByteSize {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "ByteSize".into()
-    }
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({
-            "type": "string",
-            "description": "A size with its unit: B, KiB, MiB, GiB, KB, MB or GB (e.g. \"4MiB\")."
-        })
     }
 }

@@ -181,6 +181,70 @@ pub fn key_hashes(batch: &RecordBatch, key: &[String]) -> Result<Vec<u64>, Strin
         .collect())
 }
 
+/// Holds each timely time's rows until the input frontier passes that time, then emits them
+/// as one batch sorted by all columns. Stateful operators whose results depend on the order
+/// rows are folded in (floating-point sums, for example) use it after an exchange so that
+/// 1 and N workers fold the same rows in the same order. It delays rows until their time
+/// is complete, so it belongs in front of operators that wait for the frontier anyway.
+pub fn canonical_order<'s>(stream: BatchStream<'s>) -> BatchStream<'s> {
+    use std::collections::BTreeMap;
+    use timely::dataflow::operators::Capability;
+    stream.unary_frontier::<timely::container::CapacityContainerBuilder<Vec<Batch>>, _, _, _>(
+        Pipeline,
+        "CanonicalOrder",
+        |_, _| {
+            let mut pending: BTreeMap<Time, (Capability<Time>, Vec<Batch>)> = BTreeMap::new();
+            move |(input, frontier), output| {
+                input.for_each_stamp(|cap, data| {
+                    let Some(cap) = cap.retain_least(output.output_index()) else {
+                        return;
+                    };
+                    let entry = pending
+                        .entry(*cap.time())
+                        .or_insert_with(|| (cap.clone(), Vec::new()));
+                    for container in data {
+                        entry.1.extend(container.drain(..));
+                    }
+                });
+                while let Some((&time, _)) = pending.first_key_value() {
+                    if frontier.less_equal(&time) {
+                        break;
+                    }
+                    let (cap, batches) = pending.remove(&time).expect("first key exists");
+                    if let Some(batch) = sorted(batches) {
+                        output.session(&cap).give(batch);
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// The rows of `batches` (one schema) as one batch sorted by every column.
+fn sorted(batches: Vec<Batch>) -> Option<Batch> {
+    let first = batches.first()?;
+    let schema = first.data.schema();
+    let created_ns = batches.iter().map(|b| b.created_ns).min().unwrap_or(0);
+    let data: Vec<RecordBatch> = batches.into_iter().map(|b| b.data).collect();
+    let all = arrow::compute::concat_batches(&schema, &data)
+        .expect("batches of one stream share its schema");
+    let fields = all
+        .columns()
+        .iter()
+        .map(|c| SortField::new(c.data_type().clone()))
+        .collect();
+    let Ok(converter) = RowConverter::new(fields) else {
+        return Some(Batch::derived(all, created_ns));
+    };
+    let Ok(rows) = converter.convert_columns(all.columns()) else {
+        return Some(Batch::derived(all, created_ns));
+    };
+    let mut order: Vec<u32> = (0..all.num_rows() as u32).collect();
+    order.sort_by(|&a, &b| rows.row(a as usize).cmp(&rows.row(b as usize)));
+    let taken = take_record_batch(&all, &UInt32Array::from(order)).expect("row indices in bounds");
+    Some(Batch::derived(taken, created_ns))
+}
+
 /// Sends every row to the worker that owns its key, so keyed state lives in one place.
 /// With one worker the stream is returned as it is.
 pub fn exchange_by_key<'s>(stream: BatchStream<'s>, key: Vec<String>) -> BatchStream<'s> {

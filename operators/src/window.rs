@@ -551,7 +551,9 @@ impl Transform for Window {
             .ok_or_else(|| cx.error("window has no input schema"))?;
         let plan = self.plan(&schema).map_err(|p| cx.error(p.message))?;
         let mut state = WindowState::new(plan, &schema).map_err(|e| cx.error(e))?;
-        let input = ops::exchange_by_key(input, self.key.clone());
+        // Fold rows in one canonical order per time, so float sums are the same on 1 and N
+        // workers (the exchange interleaves workers' rows in no fixed order).
+        let input = ops::canonical_order(ops::exchange_by_key(input, self.key.clone()));
         let metrics = cx.metrics.clone();
         let name = cx.name.clone();
 

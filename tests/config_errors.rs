@@ -186,6 +186,24 @@ fn shipped_pipelines_validate() {
         &root.join("pipelines/cloud.toml"),
     ]);
     assert_eq!(code, 0, "{stderr}");
+    let mut examples: Vec<PathBuf> = std::fs::read_dir(root.join("pipelines/examples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    examples.sort();
+    let has_data = root.join("../shared/data/nab").is_dir();
+    for example in &examples {
+        let needs_data = std::fs::read_to_string(example)
+            .unwrap()
+            .contains("shared/data");
+        if needs_data && !has_data {
+            eprintln!("SKIPPED: {} needs ../shared/data", example.display());
+            continue;
+        }
+        let (code, stderr) = validate(&[example]);
+        assert_eq!(code, 0, "{}: {stderr}", example.display());
+    }
     // Alone, the cloud pipeline reads a channel nobody writes.
     let (code, stderr) = validate(&[&root.join("pipelines/cloud.toml")]);
     assert_eq!(code, 2);

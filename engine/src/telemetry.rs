@@ -106,6 +106,10 @@ pub struct NodeSummary {
     pub events_in: u64,
     /// Bytes produced by its sources.
     pub bytes_in: u64,
+    /// Whether the node has a sink that sends rows off the node.
+    pub forwarding: bool,
+    /// Rows received by all sinks.
+    pub events_to_sinks: u64,
     /// Rows received by sinks that leave the node.
     pub events_forwarded: u64,
     /// Bytes received by sinks that leave the node.
@@ -150,7 +154,9 @@ impl NodeSummary {
                     s.bytes_in += g(&c.bytes_out);
                 }
                 Kind::Sink => {
+                    s.events_to_sinks += g(&c.rows_in);
                     if c.forwards {
+                        s.forwarding = true;
                         s.events_forwarded += g(&c.rows_in);
                         s.bytes_forwarded += g(&c.bytes_in);
                     }
@@ -180,11 +186,15 @@ impl NodeSummary {
 
     /// One line for the progress display.
     pub fn progress_line(&self) -> String {
+        let (label, out) = if self.forwarding {
+            ("forwarded", self.events_forwarded)
+        } else {
+            ("to sinks", self.events_to_sinks)
+        };
         format!(
-            "[{}] in {} | forwarded {} | dead-lettered {} | late {} | policy applied {} | p99 {}",
+            "[{}] in {} | {label} {out} | dead-lettered {} | late {} | policy applied {} | p99 {}",
             self.node,
             self.events_in,
-            self.events_forwarded,
             self.dead_letters,
             self.late,
             self.policy_applied,
@@ -197,14 +207,23 @@ impl NodeSummary {
         let mut out = String::new();
         let _ = writeln!(out, "node {}", self.node);
         let _ = writeln!(out, "  events in            {:>12}", self.events_in);
-        let _ = writeln!(out, "  events forwarded     {:>12}", self.events_forwarded);
-        let _ = writeln!(
-            out,
-            "  bytes in / forwarded {:>12} / {} ({:.1}% bandwidth saved)",
-            fmt_bytes(self.bytes_in),
-            fmt_bytes(self.bytes_forwarded),
-            self.bandwidth_saved_pct()
-        );
+        if self.forwarding {
+            let _ = writeln!(out, "  events forwarded     {:>12}", self.events_forwarded);
+            let _ = writeln!(
+                out,
+                "  bytes in / forwarded {:>12} / {} ({:.1}% bandwidth saved)",
+                fmt_bytes(self.bytes_in),
+                fmt_bytes(self.bytes_forwarded),
+                self.bandwidth_saved_pct()
+            );
+        } else {
+            let _ = writeln!(out, "  events to sinks      {:>12}", self.events_to_sinks);
+            let _ = writeln!(
+                out,
+                "  bytes in             {:>12}",
+                fmt_bytes(self.bytes_in)
+            );
+        }
         let _ = writeln!(out, "  dead-lettered        {:>12}", self.dead_letters);
         let _ = writeln!(out, "  late                 {:>12}", self.late);
         let _ = writeln!(

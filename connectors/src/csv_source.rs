@@ -77,7 +77,6 @@ pub struct CsvSource {
     /// that time minus this. Older rows are still sent; downstream windows decide whether
     /// they are late. Default `"0s"`.
     #[serde(default = "default_out_of_orderness")]
-    #[schemars(with = "String")]
     pub max_out_of_orderness: DurationSpec,
 }
 

@@ -79,7 +79,6 @@ pub struct SimulatorSource {
     pub rate_hz: f64,
     /// How much event time to simulate, for example `"1h"`. Default `"1h"`.
     #[serde(default = "default_duration")]
-    #[schemars(with = "String")]
     pub duration: DurationSpec,
     /// Event time of the first reading, RFC 3339. Default `"2026-01-01T00:00:00Z"`.
     #[serde(default = "default_start")]
@@ -97,7 +96,6 @@ pub struct SimulatorSource {
     /// Mean event time between two fault episodes of one device, for example `"2h"`.
     /// Default `"2h"`.
     #[serde(default = "default_mtbf")]
-    #[schemars(with = "String")]
     pub mean_time_between_faults: DurationSpec,
 }
 

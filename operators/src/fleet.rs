@@ -79,7 +79,6 @@ pub struct Fleet {
     /// How long a device stays anomalous after its latest anomaly report (event time), for
     /// example `"60s"` or `"5m"`. Default `"60s"`.
     #[serde(default = "default_anomalous_for")]
-    #[schemars(with = "String")]
     pub anomalous_for: DurationSpec,
 }
 

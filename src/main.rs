@@ -29,9 +29,9 @@ enum Command {
         /// Pipeline files (TOML).
         #[arg(required = true)]
         files: Vec<PathBuf>,
-        /// Timely worker threads per pipeline.
-        #[arg(long, default_value_t = 1)]
-        workers: usize,
+        /// Timely worker threads per pipeline (1 to 64).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+        workers: u16,
         /// Seconds between progress lines on stderr (0 turns them off).
         #[arg(long, default_value_t = 2.0)]
         progress_secs: f64,
@@ -87,17 +87,26 @@ fn main() -> ExitCode {
     }
 }
 
+/// Writes to stdout; a closed pipe (`isthmus docs | head`) ends the output quietly.
+fn out(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("cannot write to stdout"),
+    }
+}
+
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Validate { files } => {
             let plans = isthmus::load(&files)?;
             for plan in &plans {
-                println!(
-                    "{}: ok (node `{}`, {} components)",
+                out(&format!(
+                    "{}: ok (node `{}`, {} components)\n",
                     plan.spec.file.display(),
                     plan.spec.node.id,
                     plan.spec.components.len()
-                );
+                ))?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -108,15 +117,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 Format::Mermaid => GraphFormat::Mermaid,
             };
             for plan in &plans {
-                print!("{}", render(plan, format));
+                out(&render(plan, format))?;
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Docs => {
-            print!(
-                "{}",
-                isthmus::docs::reference(&isthmus::components::registry())
-            );
+            out(&isthmus::docs::reference(&isthmus::components::registry()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Run {
@@ -137,6 +143,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 })
                 .context("cannot install the Ctrl-C handler")?;
             }
+            let workers = usize::from(workers);
             let options = RunOptions {
                 workers,
                 progress_every: (progress_secs > 0.0)

@@ -209,3 +209,72 @@ fn shipped_pipelines_validate() {
     assert_eq!(code, 2);
     assert!(stderr.contains("edge-anomalies"), "{stderr}");
 }
+
+#[test]
+fn every_unknown_key_and_duplicate_input_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "keys.toml",
+        "[node]\nid = \"x\"\nrolee = \"edge\"\n[sources.sim]\ntype = \"simulator\"\ndevics = 3\ndurration = \"1m\"\n\
+         [transforms.f]\ntype = \"filter\"\ninput = [\"sim\"]\npredicat = \"true\"\n",
+    );
+    let (code, stderr) = validate(&[&file]);
+    assert_eq!(code, 2);
+    for (key, help) in [
+        ("node.rolee", "did you mean `role`?"),
+        ("sources.sim.devics", "did you mean `devices`?"),
+        ("sources.sim.durration", "did you mean `duration`?"),
+        ("transforms.f.predicat", "did you mean `predicate`?"),
+        ("transforms.f.input", "did you mean `inputs`?"),
+    ] {
+        assert!(
+            stderr.contains(&format!("`{key}`: unknown key")),
+            "missing {key} in:\n{stderr}"
+        );
+        assert!(stderr.contains(help), "missing `{help}` in:\n{stderr}");
+    }
+
+    let file = write(
+        dir.path(),
+        "dup.toml",
+        "[node]\nid = \"x\"\n[sources.sim]\ntype = \"simulator\"\n[sinks.out]\ntype = \"null\"\ninputs = [\"sim\", \"sim\"]\n",
+    );
+    let (code, stderr) = validate(&[&file]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("`sim` is listed twice"), "{stderr}");
+}
+
+#[test]
+fn writers_of_one_channel_must_agree_on_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = write(
+        dir.path(),
+        "v.csv",
+        "timestamp,value\n2026-01-01 00:00:00,1.5\n",
+    );
+    let a = write(
+        dir.path(),
+        "a.toml",
+        "[node]\nid = \"a\"\n[sources.sim]\ntype = \"simulator\"\n[sinks.out]\ntype = \"channel\"\ninputs = [\"sim\"]\nchannel = \"x\"\n",
+    );
+    let b = write(
+        dir.path(),
+        "b.toml",
+        &format!(
+            "[node]\nid = \"b\"\n[sources.f]\ntype = \"csv\"\npath = {:?}\n[sinks.out]\ntype = \"channel\"\ninputs = [\"f\"]\nchannel = \"x\"\n",
+            csv.display().to_string()
+        ),
+    );
+    let r = write(
+        dir.path(),
+        "r.toml",
+        "[node]\nid = \"r\"\n[sources.x]\ntype = \"channel\"\nchannel = \"x\"\n[sinks.out]\ntype = \"null\"\ninputs = [\"x\"]\n",
+    );
+    let (code, stderr) = validate(&[&a, &b, &r]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("channel `x` is written with different columns"),
+        "{stderr}"
+    );
+}

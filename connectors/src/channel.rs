@@ -7,7 +7,6 @@
 //! watermark over all senders, so the reader's frontier follows the writers' event time.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use arrow::datatypes::SchemaRef;
@@ -91,7 +90,6 @@ impl Source for ChannelSource {
         } else {
             None
         };
-        let shutdown = cx.shutdown.clone();
         let scope = cx.scope;
         let name = self.channel.clone();
         let stream = source::<_, CapacityContainerBuilder<Vec<Batch>>, _, _>(
@@ -148,11 +146,9 @@ impl Source for ChannelSource {
                         Some(low) if low > *c.time() => c.downgrade(&low),
                         Some(_) => {}
                     }
-                    if shutdown.load(Ordering::Relaxed) && handled == 0 {
-                        tracing::info!(channel = %name, "shutdown: channel source stops");
-                        cap = None;
-                        return;
-                    }
+                    // No early stop on shutdown: a channel source drains until every
+                    // sender has closed (they close once their own sources finish), so
+                    // nothing in flight between pipelines is lost on Ctrl-C.
                     if handled == MESSAGES_PER_ACTIVATION {
                         activator.activate();
                     } else {

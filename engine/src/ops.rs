@@ -203,7 +203,7 @@ pub fn canonical_order<'s>(stream: BatchStream<'s>) -> BatchStream<'s> {
                         .entry(*cap.time())
                         .or_insert_with(|| (cap.clone(), Vec::new()));
                     for container in data {
-                        entry.1.extend(container.drain(..));
+                        entry.1.append(container);
                     }
                 });
                 while let Some((&time, _)) = pending.first_key_value() {

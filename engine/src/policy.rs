@@ -62,6 +62,17 @@ impl PolicyValue {
     }
 }
 
+impl PolicyValue {
+    /// A name for the value's type, for messages.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            PolicyValue::Bool(_) => "boolean",
+            PolicyValue::Int(_) | PolicyValue::Float(_) => "number",
+            PolicyValue::Str(_) => "string",
+        }
+    }
+}
+
 impl fmt::Display for PolicyValue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -267,6 +278,16 @@ pub enum Refusal {
     /// The tunable is declared but not in `[policy] remote`.
     #[error("policy `{0}` may not be changed remotely (not in [policy] remote)")]
     NotRemote(String),
+    /// The value's type differs from the declared default's.
+    #[error("policy `{name}` takes a {expected}, not `{value}`")]
+    WrongType {
+        /// The tunable.
+        name: String,
+        /// The type of its default.
+        expected: &'static str,
+        /// The refused value.
+        value: String,
+    },
 }
 
 /// What one [`PolicyStore::apply`] call did.
@@ -354,6 +375,15 @@ impl PolicyStore {
                 report
                     .refused
                     .push((change.clone(), Refusal::NotRemote(change.name.clone())));
+                continue;
+            }
+            if change.value.type_name() != tunable.value.type_name() {
+                let refusal = Refusal::WrongType {
+                    name: change.name.clone(),
+                    expected: tunable.value.type_name(),
+                    value: change.value.to_string(),
+                };
+                report.refused.push((change.clone(), refusal));
                 continue;
             }
             match (&change.scope, change.diff > 0) {
@@ -512,6 +542,20 @@ mod tests {
         );
         store.apply(&[change("threshold", Some("L1"), 3.0, -1)]);
         assert!(store.snapshot().tunables["threshold"].overrides.is_empty());
+    }
+
+    #[test]
+    fn refuses_values_of_another_type() {
+        let store = store();
+        let mut c = change("threshold", None, 1.0, 1);
+        c.value = PolicyValue::Str("low".into());
+        let report = store.apply(&[c]);
+        assert_eq!(report.applied, 0);
+        assert!(matches!(report.refused[0].1, Refusal::WrongType { .. }));
+        assert_eq!(
+            store.snapshot().get("threshold"),
+            Some(&PolicyValue::Float(4.0))
+        );
     }
 
     #[test]

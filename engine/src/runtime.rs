@@ -317,6 +317,13 @@ fn build_graph<'s>(
             }
         }
     }
+    if scope.index() == 0 {
+        for c in &spec.components {
+            if c.kind != Kind::Sink && !read.contains_key(&c.name) {
+                tracing::warn!(component = %c.name, "nothing reads `{}`: its rows are counted, then discarded", c.name);
+            }
+        }
+    }
     if shutdown.load(Ordering::Relaxed) {
         tracing::info!("shutdown requested before start");
     }

@@ -272,6 +272,30 @@ impl Parser<'_> {
     }
 }
 
+/// Reports every key of `table` that is not in `known` (with a suggestion); true if any.
+fn unknown_keys(p: &mut Parser<'_>, prefix: &str, table: &DeTable<'_>, known: &[&str]) -> bool {
+    let mut any = false;
+    for (k, _) in table.iter() {
+        let key = k.get_ref().as_ref();
+        if known.contains(&key) {
+            continue;
+        }
+        any = true;
+        let help = match suggest(key, known.iter().copied()) {
+            Some(s) => format!("did you mean `{s}`?"),
+            None if known.is_empty() => "this component takes no other keys".to_string(),
+            None => format!("known keys: {}", known.join(", ")),
+        };
+        p.err(
+            k.span(),
+            format!("{prefix}.{key}"),
+            format!("unknown key `{key}`"),
+        )
+        .help = Some(help);
+    }
+    any
+}
+
 fn key_span(table: &DeTable<'_>, key: &str) -> Option<Range<usize>> {
     table
         .iter()
@@ -390,6 +414,7 @@ pub fn parse_str(
             None
         }
         Some((k, v)) => match v.get_ref() {
+            DeValue::Table(t) if unknown_keys(&mut p, "node", t, &["id", "role"]) => None,
             DeValue::Table(t) => {
                 use serde::de::IntoDeserializer;
                 let table = t.clone();
@@ -417,9 +442,11 @@ pub fn parse_str(
             DeValue::Table(t) => t.clone(),
             _ => empty,
         };
-        match PolicySection::deserialize(v.clone().into_deserializer()) {
-            Ok(section) => policy = section,
-            Err(e) => p.de_error(e, "policy", &table, k.span()),
+        if !unknown_keys(&mut p, "policy", &table, &["remote", "tunables"]) {
+            match PolicySection::deserialize(v.clone().into_deserializer()) {
+                Ok(section) => policy = section,
+                Err(e) => p.de_error(e, "policy", &table, k.span()),
+            }
         }
     }
     for name in &policy.remote {
@@ -639,6 +666,20 @@ fn parse_component(
         if key != "type" && key != "inputs" {
             params.insert(k.clone(), v.clone());
         }
+    }
+    // Report every unknown key at once (serde stops at the first).
+    let schema = (registration.schema)();
+    let mut known: Vec<&str> = schema
+        .as_value()
+        .get("properties")
+        .and_then(|p| p.as_object())
+        .map(|props| props.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    if kind != Kind::Source {
+        known.push("inputs");
+    }
+    if unknown_keys(p, &path, &params, &known) {
+        return None;
     }
     let params_value = Spanned::new(value.span(), DeValue::Table(params.clone()));
     match (registration.parse)(params_value) {

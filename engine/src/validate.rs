@@ -76,20 +76,54 @@ pub fn validate(spec: PipelineSpec) -> Result<Plan, ConfigErrors> {
     }
 }
 
-/// The input schema of every `channel` sink whose input schema is known.
+/// The input schema of every `channel` sink whose input schema is known; a sink whose
+/// schema differs from another writer's of the same channel is reported.
 fn channel_schemas(
     spec: &PipelineSpec,
     schemas: &BTreeMap<String, SchemaRef>,
     out: &mut BTreeMap<String, SchemaRef>,
+    errors: &mut Vec<ConfigError>,
 ) {
     for c in &spec.components {
         if let ComponentConfig::Sink(s) = &c.config
             && let (Some(name), Some(input)) = (s.writes_channel(), c.inputs.first())
             && let Some(schema) = schemas.get(&input.text)
         {
-            out.entry(name).or_insert_with(|| schema.clone());
+            match out.get(&name) {
+                None => {
+                    out.insert(name, schema.clone());
+                }
+                Some(first) if !same_shape(first, schema) => {
+                    let mut e = spec.error(
+                        c.key_spans
+                            .get("channel")
+                            .cloned()
+                            .unwrap_or(c.span.clone()),
+                        format!("{}.channel", c.path()),
+                        format!(
+                            "channel `{name}` is written with different columns by another pipeline"
+                        ),
+                    );
+                    e.help = Some(format!(
+                        "every writer of a channel must send the same columns; this one sends [{}], the other [{}]",
+                        columns(schema),
+                        columns(first)
+                    ));
+                    errors.push(e);
+                }
+                Some(_) => {}
+            }
         }
     }
+}
+
+fn columns(schema: &SchemaRef) -> String {
+    schema
+        .fields()
+        .iter()
+        .map(|f| format!("{}: {}", f.name(), f.data_type()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 type Checked = (Vec<usize>, BTreeMap<String, SchemaRef>, Vec<ConfigError>);
@@ -109,7 +143,21 @@ fn check(spec: &PipelineSpec, channels: &BTreeMap<String, SchemaRef>) -> Checked
     let mut edges: Vec<Vec<usize>> = vec![Vec::new(); spec.components.len()];
     let mut broken: BTreeSet<usize> = BTreeSet::new();
     for (i, c) in spec.components.iter().enumerate() {
-        for input in &c.inputs {
+        for (k, input) in c.inputs.iter().enumerate() {
+            if c.inputs[..k]
+                .iter()
+                .any(|earlier| earlier.text == input.text)
+            {
+                errors.push(spec.error(
+                    input.span.clone(),
+                    format!("{}.inputs", c.path()),
+                    format!(
+                        "`{}` is listed twice: its rows would be read twice",
+                        input.text
+                    ),
+                ));
+                broken.insert(i);
+            }
             let (name, _) = input.split();
             match index.get(name) {
                 None => {
@@ -227,6 +275,7 @@ fn check(spec: &PipelineSpec, channels: &BTreeMap<String, SchemaRef>) -> Checked
                 None => {
                     if let Some(side) = side
                         && index.get(name).is_some_and(|j| !broken.contains(j))
+                        && schemas.contains_key(name)
                     {
                         let sides: Vec<&str> = schemas
                             .keys()
@@ -283,18 +332,21 @@ pub fn validate_all(specs: Vec<PipelineSpec>) -> Result<Vec<Plan>, ConfigErrors>
     // loop: check every pipeline until no new channel schema is learned.
     let mut channels = BTreeMap::new();
     let mut results: Vec<Checked>;
+    let channel_errors: Vec<ConfigError>;
     loop {
         results = specs.iter().map(|s| check(s, &channels)).collect();
         let mut learned = channels.clone();
+        let mut mismatches = Vec::new();
         for (spec, (_, schemas, _)) in specs.iter().zip(&results) {
-            channel_schemas(spec, schemas, &mut learned);
+            channel_schemas(spec, schemas, &mut learned, &mut mismatches);
         }
         if learned.len() == channels.len() {
+            channel_errors = mismatches;
             break;
         }
         channels = learned;
     }
-    let mut errors = Vec::new();
+    let mut errors = channel_errors;
     let mut plans = Vec::new();
     for (spec, (order, schemas, errs)) in specs.into_iter().zip(results) {
         if errs.is_empty() {

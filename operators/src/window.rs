@@ -204,6 +204,13 @@ impl Window {
                     return Err(Problem::at("slide", format!("slide must be between 1ms and the window size ({})", self.size))
                         .with_help("remove `slide` for tumbling windows, or use a divisor of `size`, for example half of it"));
                 }
+                if size / slide > MAX_WINDOWS_PER_ROW {
+                    return Err(Problem::at(
+                        "slide",
+                        format!("each row would fall into {} windows (size / slide); at most {MAX_WINDOWS_PER_ROW} are allowed", size / slide),
+                    )
+                    .with_help("use a larger `slide` or a smaller `size`"));
+                }
                 slide
             }
         };
@@ -292,6 +299,10 @@ impl Window {
         })
     }
 }
+
+/// The most windows one row may belong to (`size / slide`): beyond it a sliding window
+/// costs more than it can be worth.
+const MAX_WINDOWS_PER_ROW: i64 = 1000;
 
 /// The starts of the windows that contain event time `ts`, latest first.
 #[inline]

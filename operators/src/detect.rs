@@ -42,10 +42,10 @@ pub const SCORE_COLUMN: &str = "score";
 /// its change from the key's previous value. A row's score is the largest, over the
 /// columns, of `|x - mean| / std` of the value and of its change, computed with the
 /// statistics *before* the row; the row then updates them. Scoring changes catches
-/// faults that stay within the normal range but move unusually fast. The first value of a column sets its mean. Rows are never dropped:
-/// the output is the input plus a `score` column (Float64, never NULL). NULL, NaN and
-/// infinite values are skipped (a row without any valid value scores 0). A key scores 0
-/// until it has seen `warmup_rows` rows.
+/// faults that stay within the normal range but move unusually fast. The first value of a
+/// column sets its mean. Rows are never dropped: the output is the input plus a `score`
+/// column (Float64, never NULL). NULL, NaN and infinite values are skipped (a row without
+/// any valid value scores 0). A key scores 0 until it has seen `warmup_rows` rows.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Detect {

@@ -401,17 +401,12 @@ impl Transform for Fleet {
 #[cfg(test)]
 pub(crate) mod tests {
     use std::collections::{BTreeMap, BTreeSet};
-    use std::sync::Mutex;
 
     use arrow::array::AsArray;
     use arrow::datatypes::Int64Type;
-    use isthmus_engine::channel::ChannelHub;
-    use isthmus_engine::component::Kind;
     use isthmus_engine::policy::{PolicySnapshot, PolicyStore};
     use isthmus_engine::spec::{NodeSpec, Role};
     use isthmus_engine::testing::Harness;
-    use timely::dataflow::InputHandle;
-    use timely::dataflow::operators::{Input, Inspect};
 
     use super::*;
 
@@ -423,65 +418,8 @@ pub(crate) mod tests {
         schema: SchemaRef,
         input: Vec<(Time, RecordBatch)>,
     ) -> Vec<(Time, RecordBatch)> {
-        let out: Arc<Mutex<Vec<(Time, RecordBatch)>>> = Default::default();
-        let input = Arc::new(input);
         let policy = Arc::new(PolicyStore::new(Default::default(), Default::default()));
-        let metrics = Arc::new(ComponentMetrics::new(
-            "under_test",
-            Kind::Transform,
-            "test",
-            false,
-        ));
-        let channels = Arc::new(ChannelHub::new());
-        let collected = out.clone();
-        timely::execute(timely::Config::process(workers), move |worker| {
-            let mut handle: InputHandle<Time, CapacityContainerBuilder<Vec<Batch>>> =
-                InputHandle::new();
-            let out = collected.clone();
-            worker.dataflow::<Time, _, _>(|scope| {
-                let stream = scope.input_from(&mut handle);
-                let cx = BuildContext {
-                    scope,
-                    name: "under_test".into(),
-                    node: Arc::new(NodeSpec {
-                        id: "test-node".into(),
-                        role: Role::Cloud,
-                    }),
-                    policy: policy.clone(),
-                    metrics: metrics.clone(),
-                    channels: channels.clone(),
-                    shutdown: Default::default(),
-                    input_schema: Some(schema.clone()),
-                    base_dir: ".".into(),
-                };
-                let outputs = transform.build(stream, &cx).expect("transform builds");
-                outputs.main.inspect_core(move |event| {
-                    if let Ok((stamp, data)) = event {
-                        let t = stamp.least().copied().unwrap_or_default();
-                        out.lock()
-                            .unwrap()
-                            .extend(data.iter().map(|b: &Batch| (t, b.data.clone())));
-                    }
-                });
-            });
-            if worker.index() == 0 {
-                for (time, batch) in input.iter() {
-                    if *time > *handle.time() {
-                        handle.advance_to(*time);
-                    }
-                    handle.send(Batch::new(batch.clone()));
-                    worker.step();
-                }
-            }
-            drop(handle);
-            while worker.has_dataflows() {
-                worker.step_or_park(Some(std::time::Duration::from_millis(1)));
-            }
-        })
-        .expect("timely runs");
-        Arc::try_unwrap(out)
-            .map(|m| m.into_inner().unwrap())
-            .unwrap_or_else(|a| a.lock().unwrap().clone())
+        crate::window::testkit::run(transform, schema, input, workers, policy).main
     }
 
     /// The problem of a failed check.

@@ -261,6 +261,11 @@ fn main() {
             rounds: 1,
         }
     };
+    if !bench {
+        println!(
+            "smoke run (tiny sizes, test profile): the figures below are not benchmarks; run `cargo bench --bench pipeline_throughput`"
+        );
+    }
     let dir = tempfile::tempdir().unwrap();
 
     let sim = sim_pipeline(dir.path(), sizes.sim_devices, sizes.sim_seconds);

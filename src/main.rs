@@ -10,7 +10,6 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use isthmus_engine::graph::{GraphFormat, render};
 use isthmus_engine::runtime::{Node, RunOptions};
-use isthmus_engine::telemetry::fmt_us;
 use isthmus_engine::{ConfigErrors, EngineError};
 
 /// Edge-to-cloud stream processing: TOML pipelines compiled to timely dataflow.
@@ -162,20 +161,15 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             for summary in &report.nodes {
                 eprintln!("{}", summary.report());
             }
-            let total_in: u64 = report.nodes.iter().map(|n| n.events_in).sum();
-            if report.elapsed.as_secs_f64() > 0.0 && total_in > 0 {
-                eprintln!(
-                    "throughput: {:.0} events/s in; worst p99 {}",
-                    total_in as f64 / report.elapsed.as_secs_f64(),
-                    fmt_us(
-                        report
-                            .nodes
-                            .iter()
-                            .map(|n| n.latency_p99_us)
-                            .max()
-                            .unwrap_or(0)
-                    )
-                );
+            let seconds = report.elapsed.as_secs_f64();
+            if seconds > 0.0 {
+                for summary in &report.nodes {
+                    eprintln!(
+                        "throughput [{}]: {:.0} events/s in",
+                        summary.node,
+                        summary.events_in as f64 / seconds
+                    );
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

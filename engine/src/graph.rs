@@ -34,13 +34,29 @@ fn label(plan: &Plan, name: &str) -> String {
     }
 }
 
+/// Escapes text for a double-quoted DOT string.
+fn dot(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+/// The Mermaid node id of component `index` (names may hold characters Mermaid reserves).
+fn mermaid_id(plan: &Plan, name: &str) -> String {
+    let index = plan
+        .spec
+        .components
+        .iter()
+        .position(|c| c.name == name)
+        .unwrap_or(0);
+    format!("c{index}")
+}
+
 /// Renders the plan's components and edges (side outputs are labelled edges).
 pub fn render(plan: &Plan, format: GraphFormat) -> String {
     let mut out = String::new();
     let spec = &plan.spec;
     match format {
         GraphFormat::Dot => {
-            let _ = writeln!(out, "digraph \"{}\" {{\n  rankdir=LR;", spec.node.id);
+            let _ = writeln!(out, "digraph \"{}\" {{\n  rankdir=LR;", dot(&spec.node.id));
             for &i in &plan.order {
                 let c = &spec.components[i];
                 let shape = match c.kind {
@@ -51,8 +67,8 @@ pub fn render(plan: &Plan, format: GraphFormat) -> String {
                 let _ = writeln!(
                     out,
                     "  \"{}\" [shape={shape}, label=\"{}\"];",
-                    c.name,
-                    label(plan, &c.name)
+                    dot(&c.name),
+                    dot(&label(plan, &c.name)).replace("\\\\n", "\\n")
                 );
             }
             for &i in &plan.order {
@@ -63,12 +79,14 @@ pub fn render(plan: &Plan, format: GraphFormat) -> String {
                         Some(side) => {
                             let _ = writeln!(
                                 out,
-                                "  \"{from}\" -> \"{}\" [label=\"{side}\", style=dashed];",
-                                c.name
+                                "  \"{}\" -> \"{}\" [label=\"{}\", style=dashed];",
+                                dot(from),
+                                dot(&c.name),
+                                dot(side)
                             );
                         }
                         None => {
-                            let _ = writeln!(out, "  \"{from}\" -> \"{}\";", c.name);
+                            let _ = writeln!(out, "  \"{}\" -> \"{}\";", dot(from), dot(&c.name));
                         }
                     }
                 }
@@ -79,13 +97,19 @@ pub fn render(plan: &Plan, format: GraphFormat) -> String {
             out.push_str("flowchart LR\n");
             for &i in &plan.order {
                 let c = &spec.components[i];
-                let text = label(plan, &c.name).replace("\\n", "<br/>");
+                let text = label(plan, &c.name)
+                    .replace('"', "#quot;")
+                    .replace("\\n", "<br/>");
                 let (open, close) = match c.kind {
                     Kind::Source => ("[/", "/]"),
                     Kind::Transform => ("[", "]"),
                     Kind::Sink => ("[\\", "\\]"),
                 };
-                let _ = writeln!(out, "  {}{open}\"{text}\"{close}", c.name);
+                let _ = writeln!(
+                    out,
+                    "  {}{open}\"{text}\"{close}",
+                    mermaid_id(plan, &c.name)
+                );
             }
             for &i in &plan.order {
                 let c = &spec.components[i];
@@ -93,10 +117,20 @@ pub fn render(plan: &Plan, format: GraphFormat) -> String {
                     let (from, side) = input.split();
                     match side {
                         Some(side) => {
-                            let _ = writeln!(out, "  {from} -. {side} .-> {}", c.name);
+                            let _ = writeln!(
+                                out,
+                                "  {} -. \"{side}\" .-> {}",
+                                mermaid_id(plan, from),
+                                mermaid_id(plan, &c.name)
+                            );
                         }
                         None => {
-                            let _ = writeln!(out, "  {from} --> {}", c.name);
+                            let _ = writeln!(
+                                out,
+                                "  {} --> {}",
+                                mermaid_id(plan, from),
+                                mermaid_id(plan, &c.name)
+                            );
                         }
                     }
                 }

@@ -204,7 +204,7 @@ impl CsvSource {
                     match names.iter().position(|n| n == name) {
                         Some(i) => out.push((i, *t)),
                         None => {
-                            let hint = match crate::replay::suggest(
+                            let hint = match isthmus_engine::spec::suggest(
                                 name,
                                 names.iter().map(String::as_str),
                             ) {

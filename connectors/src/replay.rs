@@ -631,41 +631,13 @@ pub fn check_options(batch_rows: usize, speed: Option<f64>) -> Result<(), Proble
     Ok(())
 }
 
-/// The names among `candidates` closest to `name` (for "did you mean" hints).
-pub fn suggest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
-    let lower = name.to_lowercase();
-    let mut best: Option<(usize, &str)> = None;
-    for c in candidates {
-        let d = edit_distance(&lower, &c.to_lowercase());
-        if d <= (name.len().max(c.len()) / 2).max(2) && best.is_none_or(|(bd, _)| d < bd) {
-            best = Some((d, c));
-        }
-    }
-    best.map(|(_, c)| c.to_string())
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
-                .min(prev[j + 1] + 1)
-                .min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
-
 /// A problem for a timestamp column that is not in the file, with a hint.
 pub fn missing_timestamp_problem<'a>(
     column: &str,
     available: impl IntoIterator<Item = &'a str> + Clone,
 ) -> Problem {
     let list: Vec<&str> = available.clone().into_iter().collect();
-    let help = match suggest(column, available) {
+    let help = match isthmus_engine::spec::suggest(column, available) {
         Some(s) => format!("did you mean `{s}`? (columns: {})", list.join(", ")),
         None => format!("the columns are: {}", list.join(", ")),
     };
@@ -1058,14 +1030,5 @@ mod tests {
         let a = f.finish();
         assert_eq!(a.null_count(), 1);
         assert!(f.is_empty());
-    }
-
-    #[test]
-    fn suggestions_find_close_names() {
-        assert_eq!(
-            suggest("timestamp", ["datetime", "Timestamp", "value"]).as_deref(),
-            Some("Timestamp")
-        );
-        assert_eq!(suggest("zzz", ["datetime", "value"]), None);
     }
 }

@@ -138,6 +138,16 @@ impl BuildContext<'_> {
         resolve_path(&self.base_dir, p)
     }
 
+    /// The schema of the component's input: always set for transforms and sinks.
+    pub fn required_input_schema(&self) -> Result<SchemaRef, EngineError> {
+        self.input_schema.clone().ok_or_else(|| {
+            EngineError::Internal(format!(
+                "component `{}` was built without an input schema",
+                self.name
+            ))
+        })
+    }
+
     /// This worker's index.
     pub fn worker_index(&self) -> usize {
         self.scope.index()

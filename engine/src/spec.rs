@@ -184,12 +184,14 @@ pub fn locate(
     }
 }
 
-/// The closest candidate to `word`, if one is close enough to be a likely typo.
+/// The closest candidate to `word` (ignoring case), if one is close enough to be a likely
+/// typo.
 pub fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let word = word.to_lowercase();
     candidates
         .into_iter()
-        .map(|c| (strsim::damerau_levenshtein(word, c), c))
-        .filter(|(d, c)| *d <= 2.max(c.len() / 4) && *d < c.len())
+        .map(|c| (strsim::damerau_levenshtein(&word, &c.to_lowercase()), c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 4) && *d < c.len().max(1))
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
 }
@@ -696,5 +698,23 @@ fn parse_component(
             p.de_error(e, &path, &params, name_span);
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::suggest;
+
+    #[test]
+    fn suggestions_find_close_names_ignoring_case() {
+        assert_eq!(
+            suggest("timestamp", ["datetime", "Timestamp", "value"]),
+            Some("Timestamp")
+        );
+        assert_eq!(
+            suggest("thresold", ["threshold", "alpha"]),
+            Some("threshold")
+        );
+        assert_eq!(suggest("zzz", ["datetime", "value"]), None);
     }
 }

@@ -567,10 +567,7 @@ impl Transform for Detect {
         input: BatchStream<'s>,
         cx: &BuildContext<'s>,
     ) -> Result<Outputs<BatchStream<'s>>, EngineError> {
-        let schema = cx
-            .input_schema
-            .clone()
-            .ok_or_else(|| cx.error("detect has no input schema"))?;
+        let schema = cx.required_input_schema()?;
         let out_schema = self.output_schema(&schema);
         let mut scorer = Scorer::new(
             &self.key,

@@ -135,10 +135,7 @@ impl Transform for Filter {
         input: BatchStream<'s>,
         cx: &BuildContext<'s>,
     ) -> Result<Outputs<BatchStream<'s>>, EngineError> {
-        let schema = cx
-            .input_schema
-            .clone()
-            .ok_or_else(|| cx.error("filter has no input schema"))?;
+        let schema = cx.required_input_schema()?;
         let mut live = LiveExpr::new(&self.predicate, schema, cx.policy.clone())
             .map_err(|e| cx.error(format!("predicate `{}`: {e}", self.predicate)))?;
         let metrics = cx.metrics.clone();

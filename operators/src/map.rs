@@ -188,10 +188,7 @@ impl Transform for Map {
         input: BatchStream<'s>,
         cx: &BuildContext<'s>,
     ) -> Result<Outputs<BatchStream<'s>>, EngineError> {
-        let in_schema = cx
-            .input_schema
-            .clone()
-            .ok_or_else(|| cx.error("map has no input schema"))?;
+        let in_schema = cx.required_input_schema()?;
         let (items, out_schema) = self
             .output_schema(&in_schema, &cx.policy.snapshot())
             .map_err(|p| cx.error(format!("select: {}", p.message)))?;

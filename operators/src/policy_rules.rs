@@ -534,10 +534,7 @@ impl Transform for PolicyRules {
         input: BatchStream<'s>,
         cx: &BuildContext<'s>,
     ) -> Result<Outputs<BatchStream<'s>>, EngineError> {
-        let schema = cx
-            .input_schema
-            .clone()
-            .ok_or_else(|| cx.error("the input schema is unknown"))?;
+        let schema = cx.required_input_schema()?;
         let (layout, compiled) = self.compile(&schema).map_err(|p| cx.error(p.message))?;
         let fields = layout
             .identity

@@ -556,10 +556,7 @@ impl Transform for Window {
         input: BatchStream<'s>,
         cx: &BuildContext<'s>,
     ) -> Result<Outputs<BatchStream<'s>>, EngineError> {
-        let schema = cx
-            .input_schema
-            .clone()
-            .ok_or_else(|| cx.error("window has no input schema"))?;
+        let schema = cx.required_input_schema()?;
         let plan = self.plan(&schema).map_err(|p| cx.error(p.message))?;
         let mut state = WindowState::new(plan, &schema).map_err(|e| cx.error(e))?;
         // Fold rows in one canonical order per time, so float sums are the same on 1 and N

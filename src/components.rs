@@ -12,6 +12,8 @@ pub fn registry() -> Registry {
         .source::<c::csv_source::CsvSource>("csv", c::csv_source::EXAMPLE)
         .source::<c::jsonl_source::JsonlSource>("jsonl", c::jsonl_source::EXAMPLE)
         .source::<c::channel::ChannelSource>("channel", c::channel::SOURCE_EXAMPLE)
+        .source::<c::kafka::source::KafkaSource>("kafka", c::kafka::source::EXAMPLE)
+        .source::<c::mqtt::MqttSource>("mqtt", c::mqtt::EXAMPLE)
         .transform::<o::filter::Filter>("filter", o::filter::EXAMPLE)
         .transform::<o::map::Map>("map", o::map::EXAMPLE)
         .transform::<o::window::Window>("window", o::window::EXAMPLE)
@@ -23,6 +25,7 @@ pub fn registry() -> Registry {
         .sink::<c::file_sink::CsvSink>("csv", c::file_sink::CSV_EXAMPLE)
         .sink::<c::channel::ChannelSink>("channel", c::channel::SINK_EXAMPLE)
         .sink::<c::null::NullSink>("null", c::null::EXAMPLE)
+        .sink::<c::kafka::sink::KafkaSink>("kafka", c::kafka::sink::EXAMPLE)
         .sink::<c::reconfigure::ReconfigureSink>("reconfigure", c::reconfigure::EXAMPLE);
     r
 }

@@ -181,6 +181,7 @@ impl Sink for ChannelSink {
         let mut watermark: Time = 0;
         let mut done = false;
         let mut disconnected = false;
+        let mut delivery = cx.delivery_reporter();
         input.sink(Pipeline, &cx.name, move |(input, frontier)| {
             input.for_each_stamp(|_cap, data| {
                 for container in data {
@@ -192,6 +193,8 @@ impl Sink for ChannelSink {
                     }
                 }
             });
+            // Handed to the reading pipeline in this process.
+            delivery.delivered_through_frontier(&frontier.frontier());
             if done {
                 return;
             }
@@ -262,6 +265,7 @@ mod tests {
             shutdown: Arc::new(AtomicBool::new(false)),
             input_schema: None,
             base_dir: PathBuf::from("."),
+            delivery: Arc::new(isthmus_engine::delivery::DeliveryTracker::new(0)),
         }
     }
 

@@ -240,6 +240,7 @@ fn build_sink<'s>(
         Format::Jsonl => "JsonlSink",
         Format::Csv => "CsvSink",
     };
+    let mut delivery = cx.delivery_reporter();
     input.sink(
         Exchange::new(|_: &Batch| 0u64),
         name,
@@ -258,6 +259,8 @@ fn build_sink<'s>(
             {
                 w.finish();
             }
+            // Rows are written to the file (unbuffered) as they arrive.
+            delivery.delivered_through_frontier(&frontier.frontier());
         },
     );
     Ok(())
@@ -442,6 +445,7 @@ mod tests {
                     shutdown: Default::default(),
                     input_schema: None,
                     base_dir: base.clone(),
+                    delivery: Arc::new(isthmus_engine::delivery::DeliveryTracker::new(0)),
                 };
                 let out = source.build(&cx).unwrap();
                 sink.build(out.main, &cx).unwrap();

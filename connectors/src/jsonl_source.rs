@@ -220,12 +220,10 @@ impl Source for JsonlSource {
     }
 }
 
-/// Reads JSON lines one by one for the replay operator.
-struct JsonlRecords {
-    reader: BufReader<File>,
-    path: PathBuf,
-    line: Vec<u8>,
-    line_no: u64,
+/// Parses one JSON object per record into column buffers: the columns named in `names`
+/// (other keys are ignored, missing ones are null) and the event time under `ts_key`.
+/// Shared by the JSON-lines file source and the Kafka and MQTT sources.
+pub struct JsonRowParser {
     keys: HashMap<String, usize>,
     names: Vec<String>,
     ts_key: String,
@@ -233,26 +231,69 @@ struct JsonlRecords {
     seen: Vec<bool>,
 }
 
-impl JsonlRecords {
-    fn open(path: PathBuf, plan: JsonlPlan, ts_key: String) -> Result<Self, EngineError> {
-        let file = File::open(&path)
-            .map_err(|e| EngineError::io(format!("cannot open `{}`", path.display()), e))?;
-        let keys = plan
-            .names
+impl JsonRowParser {
+    /// A parser for objects with the keys `names` (in column order) and the time `ts_key`.
+    pub fn new(names: Vec<String>, ts_key: String, time_format: TimeFormat) -> Self {
+        let keys = names
             .iter()
             .enumerate()
             .map(|(i, k)| (k.clone(), i))
             .collect();
+        JsonRowParser {
+            keys,
+            seen: vec![false; names.len()],
+            names,
+            ts_key,
+            time_format,
+        }
+    }
+
+    /// Appends one object's values to `columns` and returns its event time (ms). On error
+    /// the columns may hold a partial row: the caller truncates them back.
+    pub fn parse(&mut self, bytes: &[u8], columns: &mut [ColumnBuf]) -> Result<i64, String> {
+        self.seen.fill(false);
+        let mut ts: Option<i64> = None;
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let seed = RowSeed {
+            keys: &self.keys,
+            names: &self.names,
+            ts_key: &self.ts_key,
+            time_format: &self.time_format,
+            columns,
+            seen: &mut self.seen,
+            ts: &mut ts,
+        };
+        seed.deserialize(&mut de)
+            .and_then(|_| de.end())
+            .map_err(|e| json_reason(&e))?;
+        for (col, seen) in columns.iter_mut().zip(&self.seen) {
+            if !seen {
+                col.push_null();
+            }
+        }
+        ts.ok_or_else(|| format!("no timestamp `{}`", self.ts_key))
+    }
+}
+
+/// Reads JSON lines one by one for the replay operator.
+struct JsonlRecords {
+    reader: BufReader<File>,
+    path: PathBuf,
+    line: Vec<u8>,
+    line_no: u64,
+    parser: JsonRowParser,
+}
+
+impl JsonlRecords {
+    fn open(path: PathBuf, plan: JsonlPlan, ts_key: String) -> Result<Self, EngineError> {
+        let file = File::open(&path)
+            .map_err(|e| EngineError::io(format!("cannot open `{}`", path.display()), e))?;
         Ok(JsonlRecords {
             reader: BufReader::with_capacity(1 << 16, file),
             path,
             line: Vec::new(),
             line_no: 0,
-            keys,
-            seen: vec![false; plan.names.len()],
-            names: plan.names,
-            ts_key,
-            time_format: plan.time_format,
+            parser: JsonRowParser::new(plan.names, ts_key, plan.time_format),
         })
     }
 }
@@ -288,28 +329,10 @@ impl RecordReader for JsonlRecords {
     }
 
     fn parse(&mut self, columns: &mut [ColumnBuf]) -> Result<i64, String> {
-        self.seen.fill(false);
-        let mut ts: Option<i64> = None;
-        let mut de = serde_json::Deserializer::from_slice(&self.line);
-        let seed = RowSeed {
-            keys: &self.keys,
-            names: &self.names,
-            ts_key: &self.ts_key,
-            time_format: &self.time_format,
-            columns,
-            seen: &mut self.seen,
-            ts: &mut ts,
-        };
         let line_no = self.line_no;
-        seed.deserialize(&mut de)
-            .and_then(|_| de.end())
-            .map_err(|e| format!("line {line_no}: {}", json_reason(&e)))?;
-        for (col, seen) in columns.iter_mut().zip(&self.seen) {
-            if !seen {
-                col.push_null();
-            }
-        }
-        ts.ok_or_else(|| format!("line {line_no}: no timestamp `{}`", self.ts_key))
+        self.parser
+            .parse(&self.line, columns)
+            .map_err(|e| format!("line {line_no}: {e}"))
     }
 
     fn raw_text(&mut self) -> String {

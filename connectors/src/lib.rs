@@ -10,11 +10,16 @@
 //! | `jsonl`, `csv` | sink | writes files |
 //! | `null` | sink | discards rows (benchmarks) |
 //! | `reconfigure` | sink | applies a policy stream to this node's `[policy]` |
+//! | `kafka` | source, sink | Kafka topics (json, csv, arrow+lz4), end-to-end acknowledgements, disk spool |
+//! | `mqtt` | source | MQTT topic filters, QoS 0/1, JSON payloads |
 
 pub mod channel;
 pub mod csv_source;
 pub mod file_sink;
 pub mod jsonl_source;
+pub mod kafka;
+pub mod link;
+pub mod mqtt;
 pub mod null;
 pub mod reconfigure;
 pub mod replay;

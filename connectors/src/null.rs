@@ -27,12 +27,14 @@ impl Sink for NullSink {
     }
 
     fn build<'s>(&self, input: BatchStream<'s>, cx: &BuildContext<'s>) -> Result<(), EngineError> {
-        input.sink(Pipeline, &cx.name, |(input, _frontier)| {
+        let mut delivery = cx.delivery_reporter();
+        input.sink(Pipeline, &cx.name, move |(input, frontier)| {
             input.for_each_stamp(|_cap, data| {
                 for container in data {
                     container.clear();
                 }
             });
+            delivery.delivered_through_frontier(&frontier.frontier());
         });
         Ok(())
     }

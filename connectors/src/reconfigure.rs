@@ -125,8 +125,9 @@ impl Sink for ReconfigureSink {
         let name = cx.name.clone();
         let log_changes = self.log_changes;
         let mut pending: Vec<(Time, Batch)> = Vec::new();
+        let mut delivery = cx.delivery_reporter();
         // One worker applies every change, in the order of their times.
-        input.sink(Exchange::new(|_: &Batch| 0), &cx.name, move |(input, _frontier)| {
+        input.sink(Exchange::new(|_: &Batch| 0), &cx.name, move |(input, frontier)| {
             input.for_each_stamp(|cap, data| {
                 let time = cap.least().copied().unwrap_or_default();
                 for container in data {
@@ -134,6 +135,7 @@ impl Sink for ReconfigureSink {
                 }
             });
             if pending.is_empty() {
+                delivery.delivered_through_frontier(&frontier.frontier());
                 return;
             }
             pending.sort_by_key(|(t, _)| *t);
@@ -162,6 +164,7 @@ impl Sink for ReconfigureSink {
                 }
                 ComponentMetrics::add(&metrics.dead_letters, report.refused.len() as u64);
             }
+            delivery.delivered_through_frontier(&frontier.frontier());
         });
         Ok(())
     }

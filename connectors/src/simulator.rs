@@ -1003,6 +1003,7 @@ mod tests {
                     shutdown: Arc::new(AtomicBool::new(false)),
                     input_schema: None,
                     base_dir: ".".into(),
+                    delivery: Arc::new(isthmus_engine::delivery::DeliveryTracker::new(0)),
                 };
                 s.build(&cx)
                     .unwrap()

@@ -133,6 +133,7 @@ impl Sink for StdoutSink {
         let name = cx.name.clone();
         let mut failed = false;
         let mut finished = false;
+        let mut delivery = cx.delivery_reporter();
         input.sink(Exchange::new(|_: &Batch| 0), &cx.name, move |(input, frontier)| {
             input.for_each_stamp(|_cap, data| {
                 let stdout = std::io::stdout();
@@ -155,6 +156,7 @@ impl Sink for StdoutSink {
                     tracing::warn!(component = %name, "cannot write to stdout: {e}");
                 }
             }
+            delivery.delivered_through_frontier(&frontier.frontier());
         });
         Ok(())
     }

@@ -18,6 +18,7 @@ use toml::de::DeValue;
 
 use crate::batch::{BatchStream, Scope};
 use crate::channel::ChannelHub;
+use crate::delivery::{DeliveryReporter, DeliveryTracker};
 use crate::error::{EngineError, Problem};
 use crate::policy::{PolicySnapshot, PolicyStore};
 use crate::spec::NodeSpec;
@@ -130,6 +131,9 @@ pub struct BuildContext<'s> {
     pub input_schema: Option<SchemaRef>,
     /// Relative paths in the pipeline file are relative to this directory.
     pub base_dir: PathBuf,
+    /// How far the node's sinks have durably delivered: sinks report to it, sources that
+    /// acknowledge upstream read it.
+    pub delivery: Arc<DeliveryTracker>,
 }
 
 impl BuildContext<'_> {
@@ -156,6 +160,12 @@ impl BuildContext<'_> {
     /// The number of workers.
     pub fn workers(&self) -> usize {
         self.scope.peers()
+    }
+
+    /// Registers this sink instance with the node's delivery tracker. Every sink reports
+    /// how far it has delivered, so sources commit only what cannot be lost.
+    pub fn delivery_reporter(&self) -> DeliveryReporter {
+        self.delivery.register()
     }
 
     /// An error of this component.

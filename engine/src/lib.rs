@@ -19,6 +19,7 @@
 pub mod batch;
 pub mod channel;
 pub mod component;
+pub mod delivery;
 pub mod error;
 pub mod graph;
 pub mod ops;

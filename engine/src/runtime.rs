@@ -14,6 +14,7 @@ use timely::dataflow::operators::{Concatenate, Inspect};
 use crate::batch::{Batch, BatchStream, Time, now_ns};
 use crate::channel::ChannelHub;
 use crate::component::{BuildContext, ComponentConfig, Kind, Outputs};
+use crate::delivery::DeliveryTracker;
 use crate::error::EngineError;
 use crate::policy::PolicyStore;
 use crate::spec::NodeSpec;
@@ -127,6 +128,13 @@ pub fn run(nodes: &[Node], options: &RunOptions) -> Result<RunReport, EngineErro
         let hub = hub.clone();
         let shutdown = options.shutdown.clone();
         let id = node.spec.id.clone();
+        let sinks = plan
+            .spec
+            .components
+            .iter()
+            .filter(|c| c.kind == Kind::Sink)
+            .count();
+        let delivery = Arc::new(DeliveryTracker::new(sinks * workers));
         let handle = std::thread::Builder::new()
             .name(format!("isthmus-{id}"))
             .spawn(move || -> Result<(), EngineError> {
@@ -137,8 +145,16 @@ pub fn run(nodes: &[Node], options: &RunOptions) -> Result<RunReport, EngineErro
                 };
                 let guards = timely::execute(config, move |worker| {
                     worker.dataflow::<Time, _, _>(|scope| {
-                        build_graph(scope, &plan, &spec, &policy, &metrics, &hub, &shutdown)
-                            .map_err(|e| e.to_string())
+                        let shared = Shared {
+                            plan: &plan,
+                            node: &spec,
+                            policy: &policy,
+                            metrics: &metrics,
+                            hub: &hub,
+                            shutdown: &shutdown,
+                            delivery: &delivery,
+                        };
+                        build_graph(scope, &shared).map_err(|e| e.to_string())
                     })
                 })
                 .map_err(EngineError::Internal)?;
@@ -238,15 +254,30 @@ fn log_unread<'s>(stream: BatchStream<'s>, component: String, side: &'static str
     });
 }
 
+/// What every worker of a node shares while it builds the node's dataflow.
+struct Shared<'a> {
+    plan: &'a Plan,
+    node: &'a Arc<NodeSpec>,
+    policy: &'a Arc<PolicyStore>,
+    metrics: &'a [Arc<ComponentMetrics>],
+    hub: &'a Arc<ChannelHub>,
+    shutdown: &'a Arc<AtomicBool>,
+    delivery: &'a Arc<DeliveryTracker>,
+}
+
 fn build_graph<'s>(
     scope: timely::dataflow::Scope<'s, Time>,
-    plan: &Plan,
-    node: &Arc<NodeSpec>,
-    policy: &Arc<PolicyStore>,
-    metrics: &[Arc<ComponentMetrics>],
-    hub: &Arc<ChannelHub>,
-    shutdown: &Arc<AtomicBool>,
+    shared: &Shared<'_>,
 ) -> Result<(), EngineError> {
+    let Shared {
+        plan,
+        node,
+        policy,
+        metrics,
+        hub,
+        shutdown,
+        delivery,
+    } = *shared;
     let spec = &plan.spec;
     let mut streams: HashMap<String, BatchStream<'s>> = HashMap::new();
     let mut read: BTreeMap<String, bool> = BTreeMap::new();
@@ -290,6 +321,7 @@ fn build_graph<'s>(
                 .first()
                 .and_then(|r| plan.schemas.get(&r.text).cloned()),
             base_dir: spec.base_dir.clone(),
+            delivery: delivery.clone(),
         };
         let outputs: Option<Outputs<BatchStream<'s>>> = match (&c.config, input) {
             (ComponentConfig::Source(s), _) => Some(s.build(&cx)?),

@@ -99,6 +99,7 @@ impl Harness {
             shutdown: Arc::new(AtomicBool::new(false)),
             input_schema,
             base_dir: self.base_dir.clone(),
+            delivery: Arc::new(crate::delivery::DeliveryTracker::new(0)),
         }
     }
 

@@ -675,6 +675,7 @@ pub(crate) mod testkit {
                     shutdown: Arc::new(AtomicBool::new(false)),
                     input_schema: Some(schema.clone()),
                     base_dir: ".".into(),
+                    delivery: Arc::new(isthmus_engine::delivery::DeliveryTracker::new(0)),
                 };
                 let outputs = transform.build(stream, &cx).expect("transform builds");
                 let m = m.clone();

@@ -1,0 +1,3 @@
+//! Shared helpers for integration tests; include with `mod support;`.
+
+pub mod brokers;

@@ -7,6 +7,7 @@
 
 pub mod components;
 pub mod docs;
+pub mod eval;
 
 pub use isthmus_engine as engine;
 

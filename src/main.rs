@@ -12,6 +12,8 @@ use isthmus_engine::graph::{GraphFormat, render};
 use isthmus_engine::runtime::{Node, RunOptions};
 use isthmus_engine::{ConfigErrors, EngineError};
 
+mod train;
+
 /// Edge-to-cloud stream processing: TOML pipelines compiled to timely dataflow.
 #[derive(Parser)]
 #[command(name = "isthmus", version, about, long_about = None)]
@@ -53,6 +55,71 @@ enum Command {
     },
     /// Print the reference of every component type (generated from their config structs).
     Docs,
+    /// Train an anomaly model (autoencoder or forecaster) on normal-operation data and
+    /// write the artifact directory that the `infer` transform loads.
+    Train(train::TrainArgs),
+    /// Score a detector on a labelled benchmark, running it through the engine as a stream.
+    Eval {
+        #[command(subcommand)]
+        benchmark: Benchmark,
+    },
+}
+
+#[derive(Subcommand)]
+enum Benchmark {
+    /// The Numenta Anomaly Benchmark: NAB scores under its three profiles, next to the
+    /// published scoreboard of the same files.
+    Nab {
+        #[command(flatten)]
+        options: EvalOptions,
+    },
+    /// The Skoltech Anomaly Benchmark: precision, recall, F1 and detection delay per file,
+    /// with the alert threshold chosen on the fault-free recording.
+    Skab {
+        #[command(flatten)]
+        options: EvalOptions,
+    },
+}
+
+#[derive(clap::Args)]
+struct EvalOptions {
+    /// Folder holding `nab/` and `skab/` [default: $ISTHMUS_DATA, else ../shared/data].
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// The detector to score.
+    #[arg(long, default_value = "detect")]
+    detector: String,
+    /// Also write the markdown report to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Recordings run at the same time (default: the number of cores, at most 4).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
+    threads: Option<u16>,
+}
+
+impl EvalOptions {
+    fn data_dir(&self) -> PathBuf {
+        self.data
+            .clone()
+            .or_else(|| std::env::var_os("ISTHMUS_DATA").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("../shared/data"))
+    }
+
+    fn threads(&self) -> usize {
+        self.threads
+            .map_or_else(isthmus::eval::default_threads, usize::from)
+    }
+
+    /// Prints the report and writes it to `--out` if given.
+    fn publish(&self, markdown: &str) -> anyhow::Result<()> {
+        out(markdown)?;
+        if let Some(path) = &self.out {
+            std::fs::write(path, markdown)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            eprintln!("report written to {}", path.display());
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -119,6 +186,34 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             for plan in &plans {
                 out(&render(plan, format))?;
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Eval { benchmark } => {
+            let (options, benchmark_dir) = match &benchmark {
+                Benchmark::Nab { options } => (options, "nab"),
+                Benchmark::Skab { options } => (options, "skab"),
+            };
+            let detector = isthmus::eval::Detector::named(&options.detector)?;
+            let dir = options.data_dir().join(benchmark_dir);
+            if !dir.is_dir() {
+                anyhow::bail!(
+                    "no benchmark data at {} (use --data or set ISTHMUS_DATA to the folder holding nab/ and skab/)",
+                    dir.display()
+                );
+            }
+            let markdown = match &benchmark {
+                Benchmark::Nab { .. } => {
+                    isthmus::eval::eval_nab(&dir, &detector, options.threads())?.markdown()
+                }
+                Benchmark::Skab { .. } => {
+                    isthmus::eval::eval_skab(&dir, &detector, options.threads())?.markdown()
+                }
+            };
+            options.publish(&markdown)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Train(args) => {
+            train::run(&args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Docs => {

@@ -181,11 +181,10 @@ fn kinds_are_not_confused_and_inputs_are_required() {
 #[test]
 fn shipped_pipelines_validate() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let (code, stderr) = validate(&[
-        &root.join("pipelines/edge.toml"),
-        &root.join("pipelines/cloud.toml"),
-    ]);
-    assert_eq!(code, 0, "{stderr}");
+    for pair in [["pipelines/demo/edge.toml", "pipelines/demo/cloud.toml"], ["pipelines/edge.toml", "pipelines/cloud.toml"]] {
+        let (code, stderr) = validate(&[&root.join(pair[0]), &root.join(pair[1])]);
+        assert_eq!(code, 0, "{pair:?}: {stderr}");
+    }
     let mut examples: Vec<PathBuf> = std::fs::read_dir(root.join("pipelines/examples"))
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -205,7 +204,7 @@ fn shipped_pipelines_validate() {
         assert_eq!(code, 0, "{}: {stderr}", example.display());
     }
     // Alone, the cloud pipeline reads a channel nobody writes.
-    let (code, stderr) = validate(&[&root.join("pipelines/cloud.toml")]);
+    let (code, stderr) = validate(&[&root.join("pipelines/demo/cloud.toml")]);
     assert_eq!(code, 2);
     assert!(stderr.contains("edge-anomalies"), "{stderr}");
 }

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 #[test]
 fn cloud_policies_reach_the_edge_and_change_what_it_forwards() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/demo");
     let dir = tempfile::tempdir().unwrap();
     let edge = std::fs::read_to_string(root.join("edge.toml"))
         .unwrap()

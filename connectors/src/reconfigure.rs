@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, SchemaRef};
 use isthmus_engine::batch::{Batch, BatchStream, Time};
 use isthmus_engine::policy::{
     PolicyChange, PolicySnapshot, PolicyValue, batch_to_changes, policy_change_schema,
@@ -104,12 +104,17 @@ impl Sink for ReconfigureSink {
                     "the input has no `{}` column: it is not a policy stream",
                     field.name()
                 ),
-                Some(f) if f.data_type() != field.data_type() => format!(
+                Some(f)
+                    if f.data_type() != field.data_type()
+                        && !(field.name() == "version" && f.data_type() == &DataType::Int64) =>
+                {
+                    format!(
                     "column `{}` of the input is {}, a policy stream has {}",
                     field.name(),
                     f.data_type(),
                     field.data_type()
-                ),
+                    )
+                }
                 Some(_) => continue,
             };
             return Err(Problem::at("inputs", problem).with_help(

@@ -254,7 +254,16 @@ pub fn batch_to_changes(batch: &arrow::array::RecordBatch) -> Result<Vec<PolicyC
     let scope_value = col::<StringArray>(batch, "scope_value")?;
     let value = col::<StringArray>(batch, "value")?;
     let diff = col::<Int64Array>(batch, "diff")?;
-    let version = col::<UInt64Array>(batch, "version")?;
+    // A policy stream read back from JSON (Kafka) has a signed version: accept it.
+    let version_column = batch
+        .column_by_name("version")
+        .ok_or("policy stream lacks column `version`")?;
+    let version_column = arrow::compute::cast(version_column, &arrow::datatypes::DataType::UInt64)
+        .map_err(|e| format!("policy stream column `version`: {e}"))?;
+    let version = version_column
+        .as_any()
+        .downcast_ref::<UInt64Array>()
+        .ok_or("policy stream column `version` is not a number")?;
     Ok((0..batch.num_rows())
         .map(|i| PolicyChange {
             name: name.value(i).to_string(),

@@ -371,6 +371,60 @@ fn record_key_spans(prefix: &str, table: &DeTable<'_>, out: &mut BTreeMap<String
     }
 }
 
+/// Replaces `${env.NAME}` and `${env.NAME:-default}` with environment variables, so one
+/// pipeline file serves several deployments (node ids, broker addresses). An unset variable
+/// without a default is an error at its offset. Other `${…}` (e.g. `${policy.X}`) are kept.
+pub fn expand_env(
+    text: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<String, (usize, String)> {
+    const OPEN: &str = "${env.";
+    if !text.contains(OPEN) {
+        return Ok(text.to_string());
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    let mut offset = 0;
+    while let Some(start) = rest.find(OPEN) {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + OPEN.len()..];
+        let Some(end) = after.find('}') else {
+            return Err((offset + start, "`${env.` is not closed by `}`".into()));
+        };
+        let inner = &after[..end];
+        let (name, default) = match inner.split_once(":-") {
+            Some((n, d)) => (n, Some(d)),
+            None => (inner, None),
+        };
+        let valid = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err((
+                offset + start,
+                format!("`{name}` is not an environment variable name"),
+            ));
+        }
+        match lookup(name).or_else(|| default.map(str::to_string)) {
+            Some(value) => out.push_str(&value),
+            None => {
+                return Err((
+                    offset + start,
+                    format!(
+                        "environment variable `{name}` is not set (give a default: `${{env.{name}:-value}}`)"
+                    ),
+                ));
+            }
+        }
+        let consumed = start + OPEN.len() + end + 1;
+        rest = &rest[consumed..];
+        offset += consumed;
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
 const TOP_LEVEL: [&str; 5] = ["node", "policy", "sources", "transforms", "sinks"];
 
 /// Parses pipeline text; `file` is used for messages and to resolve relative paths.
@@ -379,6 +433,19 @@ pub fn parse_str(
     file: &Path,
     registry: &Registry,
 ) -> Result<PipelineSpec, ConfigErrors> {
+    let expanded = match expand_env(text, |name| std::env::var(name).ok()) {
+        Ok(expanded) => expanded,
+        Err((offset, message)) => {
+            let mut p = Parser {
+                file,
+                text,
+                errors: Vec::new(),
+            };
+            p.err(offset..offset, "", message);
+            return Err(ConfigErrors(p.errors));
+        }
+    };
+    let text = expanded.as_str();
     let mut p = Parser {
         file,
         text,
@@ -716,5 +783,24 @@ mod tests {
             Some("threshold")
         );
         assert_eq!(suggest("zzz", ["datetime", "value"]), None);
+    }
+}
+
+#[cfg(test)]
+mod env_tests {
+    use super::expand_env;
+
+    #[test]
+    fn env_references_are_expanded_with_defaults() {
+        let lookup = |n: &str| (n == "NODE").then(|| "edge-2".to_string());
+        assert_eq!(
+            expand_env(r#"id = "${env.NODE}" b = "${env.BROKERS:-127.0.0.1:9092}" p = "${policy.x}""#, lookup).unwrap(),
+            r#"id = "edge-2" b = "127.0.0.1:9092" p = "${policy.x}""#
+        );
+        let err = expand_env("x\ny = \"${env.MISSING}\"", lookup).unwrap_err();
+        assert_eq!(err.0, 7);
+        assert!(err.1.contains("MISSING"), "{}", err.1);
+        assert!(expand_env("${env.bad-name}", lookup).is_err());
+        assert!(expand_env("${env.OPEN", lookup).is_err());
     }
 }

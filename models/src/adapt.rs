@@ -80,6 +80,12 @@ impl Adapter {
         self.filled = (self.filled + 1).min(self.config.buffer_rows);
     }
 
+    /// Whether [`maybe_fine_tune`](Self::maybe_fine_tune) would fine-tune now: `every_rows`
+    /// rows observed since the last fine-tune and the buffer full.
+    pub fn is_due(&self) -> bool {
+        self.since_last >= self.config.every_rows && self.filled >= self.config.buffer_rows
+    }
+
     /// If `every_rows` rows were observed since the last fine-tune and the buffer is full,
     /// fine-tune `model` on the buffered rows and return the report.
     pub fn maybe_fine_tune(&mut self, model: &mut LoadedModel) -> Result<Option<FineTuneReport>> {

@@ -111,7 +111,7 @@ impl TrainingData {
     /// Append a time-ordered series (`readings × features` values, row-major).
     pub fn push_series(&mut self, values: &[f32]) -> Result<()> {
         let features = self.feature_names.len();
-        if values.len() % features != 0 {
+        if !values.len().is_multiple_of(features) {
             return Err(ModelError::InvalidTrainingData(format!(
                 "series has {} values, not a multiple of {features} features",
                 values.len()

@@ -39,7 +39,11 @@ fn wire_sizes(devices: usize, seconds: u64) -> Vec<(&'static str, f64, usize)> {
         ("json", WireFormat::Json, Some("device")),
         ("csv", WireFormat::Csv, Some("device")),
         ("arrow+lz4 (per batch)", WireFormat::Arrow, None),
-        ("arrow+lz4 (per batch and key)", WireFormat::Arrow, Some("device")),
+        (
+            "arrow+lz4 (per batch and key)",
+            WireFormat::Arrow,
+            Some("device"),
+        ),
     ] {
         let encoder = Encoder::new(format, key.map(String::from));
         let mut messages: Vec<OutMessage> = Vec::new();
@@ -72,7 +76,19 @@ fn run(path: &Path) -> (Duration, u64) {
 fn kcat_consume(brokers: &str, topic: &str) -> (usize, usize, Duration) {
     let started = Instant::now();
     let out = Command::new("kcat")
-        .args(["-C", "-b", brokers, "-t", topic, "-e", "-q", "-o", "beginning", "-f", "%S\n"])
+        .args([
+            "-C",
+            "-b",
+            brokers,
+            "-t",
+            topic,
+            "-e",
+            "-q",
+            "-o",
+            "beginning",
+            "-f",
+            "%S\n",
+        ])
         .output()
         .expect("kcat");
     let elapsed = started.elapsed();
@@ -89,7 +105,9 @@ fn main() {
         );
     }
     let (devices, seconds) = if bench { (200, 600) } else { (10, 30) };
-    println!("bytes per event on the wire ({devices} devices × {seconds} s of simulator readings, 9 columns)");
+    println!(
+        "bytes per event on the wire ({devices} devices × {seconds} s of simulator readings, 9 columns)"
+    );
     let sizes = wire_sizes(devices, seconds);
     let json = sizes[0].1;
     for (name, per_event, messages) in &sizes {
@@ -160,9 +178,15 @@ key = "device"
             .and_then(|s| s.split_whitespace().nth(2))
             .map(|s| s.trim_start_matches('(').parse().unwrap_or(0.0))
             .unwrap_or(0.0);
-        println!("  ProducerPerformance ({messages} × {record_size} B, acks=all): {}", summary.trim());
+        println!(
+            "  ProducerPerformance ({messages} × {record_size} B, acks=all): {}",
+            summary.trim()
+        );
         if perf_rate > 0.0 {
-            println!("  isthmus sink / ProducerPerformance = {:.2}× the messages per second", rate / perf_rate);
+            println!(
+                "  isthmus sink / ProducerPerformance = {:.2}× the messages per second",
+                rate / perf_rate
+            );
         }
 
         // Source: the same topic read by a new group into a null sink, next to kcat.

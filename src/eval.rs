@@ -109,11 +109,9 @@ impl fmt::Display for EvalRunError {
             }
             EvalRunError::Io { path, source } => write!(f, "{}: {source}", path.display()),
             EvalRunError::Mismatch { recording, message } => write!(f, "{recording}: {message}"),
-            EvalRunError::UnknownDetector { name, known } => write!(
-                f,
-                "unknown detector `{name}` (known: {})",
-                known.join(", ")
-            ),
+            EvalRunError::UnknownDetector { name, known } => {
+                write!(f, "unknown detector `{name}` (known: {})", known.join(", "))
+            }
         }
     }
 }
@@ -341,16 +339,18 @@ pub fn run_detector(
         errors,
         text: text.clone(),
     };
-    let spec = isthmus_engine::spec::parse_str(&text, &pipeline_file, &crate::components::registry())
-        .map_err(invalid)?;
+    let spec =
+        isthmus_engine::spec::parse_str(&text, &pipeline_file, &crate::components::registry())
+            .map_err(invalid)?;
     let plans = isthmus_engine::validate::validate_all(vec![spec]).map_err(invalid)?;
     let nodes: Vec<Node> = plans.into_iter().map(Node::new).collect();
-    let report = isthmus_engine::runtime::run(&nodes, &RunOptions::default()).map_err(|source| {
-        EvalRunError::Engine {
-            recording: recording.name.to_string(),
-            source,
-        }
-    })?;
+    let report =
+        isthmus_engine::runtime::run(&nodes, &RunOptions::default()).map_err(|source| {
+            EvalRunError::Engine {
+                recording: recording.name.to_string(),
+                source,
+            }
+        })?;
     let summary = &report.nodes[0];
     if summary.dead_letters > 0 || summary.late > 0 {
         return Err(EvalRunError::Mismatch {
@@ -409,11 +409,7 @@ fn read_scores(path: &Path, recording: &str) -> Result<Vec<(i64, f64)>> {
 }
 
 /// The scores of one recording's rows, checked to match its timestamps one for one.
-fn aligned_scores(
-    recording: &str,
-    expected_ts: &[i64],
-    rows: Vec<(i64, f64)>,
-) -> Result<Vec<f64>> {
+fn aligned_scores(recording: &str, expected_ts: &[i64], rows: Vec<(i64, f64)>) -> Result<Vec<f64>> {
     let mismatch = |message: String| EvalRunError::Mismatch {
         recording: recording.to_string(),
         message,
@@ -605,7 +601,11 @@ impl NabEvaluation {
                 if r.threshold > 1.0 {
                     format!("{}: never", r.profile.name)
                 } else {
-                    format!("{}: {:.3}", r.profile.name, d.likelihood.score_at(r.threshold))
+                    format!(
+                        "{}: {:.3}",
+                        r.profile.name,
+                        d.likelihood.score_at(r.threshold)
+                    )
                 }
             })
             .collect();
@@ -828,12 +828,18 @@ mod tests {
             value_columns: &["Volume Flow RateRMS", "Current"],
         };
         let text = pipeline_toml(&Detector::detect(), &recording, Path::new("/tmp/out.csv"));
-        assert!(text.contains(r#"path = "/data/with \"quote\".csv""#), "{text}");
+        assert!(
+            text.contains(r#"path = "/data/with \"quote\".csv""#),
+            "{text}"
+        );
         assert!(
             text.contains(r#"columns = ["Volume Flow RateRMS", "Current"]"#),
             "{text}"
         );
-        assert!(text.contains(r#"select = ["ts", "\"score\" AS eval_score"]"#), "{text}");
+        assert!(
+            text.contains(r#"select = ["ts", "\"score\" AS eval_score"]"#),
+            "{text}"
+        );
         // Parses (validation would need the file).
         isthmus_engine::spec::parse_str(
             &text,
@@ -854,7 +860,10 @@ mod tests {
         let ok = aligned_scores("s", &[1, 2], vec![(1, 0.5), (2, 0.7)]).unwrap();
         assert_eq!(ok, vec![0.5, 0.7]);
         let short = aligned_scores("s", &[1, 2], vec![(1, 0.5)]).unwrap_err();
-        assert!(short.to_string().contains("2 rows in the recording but 1"), "{short}");
+        assert!(
+            short.to_string().contains("2 rows in the recording but 1"),
+            "{short}"
+        );
         let moved = aligned_scores("s", &[1, 2], vec![(1, 0.5), (3, 0.7)]).unwrap_err();
         assert!(moved.to_string().contains("row 1 came out"), "{moved}");
     }

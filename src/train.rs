@@ -61,7 +61,11 @@ pub struct TrainArgs {
     #[arg(long)]
     pub out: PathBuf,
     /// Train on this CSV file of normal operation (with a header line; `,` or `;`).
-    #[arg(long, conflicts_with = "simulator", required_unless_present = "simulator")]
+    #[arg(
+        long,
+        conflicts_with = "simulator",
+        required_unless_present = "simulator"
+    )]
     pub csv: Option<PathBuf>,
     /// Feature columns, comma-separated [default: every numeric column but the timestamp;
     /// with --simulator: temperature,vibration,pressure,current].
@@ -225,14 +229,16 @@ fn simulator_data(args: &TrainArgs) -> anyhow::Result<TrainingData> {
 
 /// Guesses the delimiter from the header line: `;` (SKAB) if it has more `;` than `,`.
 fn delimiter(path: &Path) -> anyhow::Result<u8> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let header = text.lines().next().unwrap_or_default();
-    Ok(if header.matches(';').count() > header.matches(',').count() {
-        b';'
-    } else {
-        b','
-    })
+    Ok(
+        if header.matches(';').count() > header.matches(',').count() {
+            b';'
+        } else {
+            b','
+        },
+    )
 }
 
 /// Readings of the chosen columns of a CSV file; a row with a missing or non-numeric
@@ -243,9 +249,8 @@ fn csv_data(args: &TrainArgs, path: &Path) -> anyhow::Result<TrainingData> {
     let format = Format::default()
         .with_header(true)
         .with_delimiter(delimiter(path)?);
-    let open = || {
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))
-    };
+    let open =
+        || std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()));
     let (schema, _) = format
         .infer_schema(open()?, Some(10_000))
         .with_context(|| format!("cannot read the header of {}", path.display()))?;
@@ -253,7 +258,10 @@ fn csv_data(args: &TrainArgs, path: &Path) -> anyhow::Result<TrainingData> {
     if let Some(ts) = &args.timestamp_column
         && !names.contains(&ts.as_str())
     {
-        bail!("{} has no timestamp column `{ts}` (columns: {names:?})", path.display());
+        bail!(
+            "{} has no timestamp column `{ts}` (columns: {names:?})",
+            path.display()
+        );
     }
     let columns: Vec<String> = if args.columns.is_empty() {
         schema
@@ -271,7 +279,10 @@ fn csv_data(args: &TrainArgs, path: &Path) -> anyhow::Result<TrainingData> {
     }
     for c in &columns {
         if !names.contains(&c.as_str()) {
-            bail!("{} has no column `{c}` (columns: {names:?})", path.display());
+            bail!(
+                "{} has no column `{c}` (columns: {names:?})",
+                path.display()
+            );
         }
         if Some(c) == args.timestamp_column.as_ref() {
             bail!("`{c}` is the timestamp column, not a feature");
@@ -307,7 +318,9 @@ fn csv_data(args: &TrainArgs, path: &Path) -> anyhow::Result<TrainingData> {
     'batches: for batch in reader {
         let batch = batch.with_context(|| format!("cannot read {}", path.display()))?;
         let ts = match &args.timestamp_column {
-            Some(name) => batch.column_by_name(name).map(|c| c.as_string::<i32>().clone()),
+            Some(name) => batch
+                .column_by_name(name)
+                .map(|c| c.as_string::<i32>().clone()),
             None => None,
         };
         let values: Vec<_> = columns
@@ -359,7 +372,10 @@ fn csv_data(args: &TrainArgs, path: &Path) -> anyhow::Result<TrainingData> {
     }
     data.push_series(&series)?;
     if data.reading_count() == 0 {
-        bail!("{} has no complete numeric row in {columns:?}", path.display());
+        bail!(
+            "{} has no complete numeric row in {columns:?}",
+            path.display()
+        );
     }
     Ok(data)
 }
@@ -445,14 +461,21 @@ mod tests {
         run(&parse(&line("b"))).unwrap();
         assert_eq!(first.history.len(), 2);
         assert!(first.history[1].loss < first.history[0].loss);
-        let (a, b) = (manifest(&dir.path().join("a")), manifest(&dir.path().join("b")));
+        let (a, b) = (
+            manifest(&dir.path().join("a")),
+            manifest(&dir.path().join("b")),
+        );
         assert_eq!(a.weights.fnv1a64, b.weights.fnv1a64);
         assert_eq!(
             std::fs::read(dir.path().join("a/model.bpk")).unwrap(),
             std::fs::read(dir.path().join("b/model.bpk")).unwrap()
         );
         assert_eq!(a.input_features, SIMULATOR_FEATURES);
-        assert!(a.training.data_source.contains("isthmus train --kind autoencoder"));
+        assert!(
+            a.training
+                .data_source
+                .contains("isthmus train --kind autoencoder")
+        );
         // A different seed gives different weights.
         run(&parse(&line("c").replace("--seed 3", "--seed 4"))).unwrap();
         assert_ne!(
@@ -497,7 +520,12 @@ mod tests {
         let mut text = String::from("datetime;a;b;label\n");
         for t in 0..400 {
             let x = (t as f32 * 0.3).sin();
-            text.push_str(&format!("2020-01-01 00:{:02}:{:02};{x};{};0\n", t / 60, t % 60, 2.0 * x));
+            text.push_str(&format!(
+                "2020-01-01 00:{:02}:{:02};{x};{};0\n",
+                t / 60,
+                t % 60,
+                2.0 * x
+            ));
         }
         std::fs::write(&csv, text).unwrap();
         let out = dir.path().join("m");

@@ -181,7 +181,10 @@ fn kinds_are_not_confused_and_inputs_are_required() {
 #[test]
 fn shipped_pipelines_validate() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for pair in [["pipelines/demo/edge.toml", "pipelines/demo/cloud.toml"], ["pipelines/edge.toml", "pipelines/cloud.toml"]] {
+    for pair in [
+        ["pipelines/demo/edge.toml", "pipelines/demo/cloud.toml"],
+        ["pipelines/edge.toml", "pipelines/cloud.toml"],
+    ] {
         let (code, stderr) = validate(&[&root.join(pair[0]), &root.join(pair[1])]);
         assert_eq!(code, 0, "{pair:?}: {stderr}");
     }

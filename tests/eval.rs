@@ -41,7 +41,12 @@ fn nab_scores_detect_run_through_the_engine() {
     assert_eq!(eval.corpus.series.len(), 42);
     assert_eq!(eval.corpus.window_count(), 69);
     for (series, likelihoods) in eval.corpus.series.iter().zip(&eval.likelihoods) {
-        assert_eq!(likelihoods.len(), series.timestamps.len(), "{}", series.name);
+        assert_eq!(
+            likelihoods.len(),
+            series.timestamps.len(),
+            "{}",
+            series.name
+        );
         assert!(
             likelihoods.iter().all(|l| (0.0..=1.0).contains(l)),
             "{}: a likelihood outside [0, 1]",
@@ -110,10 +115,19 @@ fn nab_scores_detect_run_through_the_engine() {
     }
 
     let report = eval.markdown();
-    assert!(report.contains("scored 42 of 58 labelled files"), "{report}");
+    assert!(
+        report.contains("scored 42 of 58 labelled files"),
+        "{report}"
+    );
     assert!(report.contains("| **isthmus detect** | ours |"), "{report}");
-    assert!(report.contains("| ARTime (ARTime) | published | 71.9 |"), "{report}");
-    assert!(report.contains("| isthmus detect | reward_low_FN_rate |"), "{report}");
+    assert!(
+        report.contains("| ARTime (ARTime) | published | 71.9 |"),
+        "{report}"
+    );
+    assert!(
+        report.contains("| isthmus detect | reward_low_FN_rate |"),
+        "{report}"
+    );
 }
 
 #[test]
@@ -152,7 +166,10 @@ fn skab_scores_detect_over_all_sensors() {
 
     let report = eval.markdown();
     assert!(report.contains("| valve1/0.csv |"), "{report}");
-    assert!(report.contains("| isthmus detect (threshold p99.9) | 34 |"), "{report}");
+    assert!(
+        report.contains("| isthmus detect (threshold p99.9) | 34 |"),
+        "{report}"
+    );
 }
 
 /// A detector is a pipeline fragment: several transforms, any score column and mapping.

@@ -70,7 +70,15 @@ fn write_events(path: &Path, first_id: u64, n: u64) {
 }
 
 /// An edge pipeline: events file → kafka sink (`buffer` is a TOML inline table).
-fn edge_pipeline(dir: &Path, node: &str, events: &Path, brokers: &str, topic: &str, format: &str, buffer: &str) -> PathBuf {
+fn edge_pipeline(
+    dir: &Path,
+    node: &str,
+    events: &Path,
+    brokers: &str,
+    topic: &str,
+    format: &str,
+    buffer: &str,
+) -> PathBuf {
     let path = dir.join(format!("{node}.toml"));
     std::fs::write(
         &path,
@@ -104,7 +112,14 @@ drain_timeout = "120s"
 }
 
 /// A cloud pipeline: kafka source (dedup) → jsonl file; finishes after `idle` without messages.
-fn cloud_pipeline(dir: &Path, brokers: &str, topic: &str, group: &str, format: &str, idle: &str) -> (PathBuf, PathBuf, PathBuf) {
+fn cloud_pipeline(
+    dir: &Path,
+    brokers: &str,
+    topic: &str,
+    group: &str,
+    format: &str,
+    idle: &str,
+) -> (PathBuf, PathBuf, PathBuf) {
     let path = dir.join(format!("cloud-{group}.toml"));
     let out = dir.join(format!("cloud-{group}.jsonl"));
     let dead = dir.join(format!("cloud-{group}.dead.jsonl"));
@@ -159,8 +174,17 @@ fn ids(path: &Path) -> Vec<u64> {
 fn assert_exactly_once(got: &[u64], n: u64, what: &str) {
     let set: BTreeSet<u64> = got.iter().copied().collect();
     let missing: Vec<u64> = (0..n).filter(|i| !set.contains(i)).take(10).collect();
-    assert!(missing.is_empty(), "{what}: missing ids, e.g. {missing:?} ({} of {n} arrived)", set.len());
-    assert_eq!(got.len() as u64, n, "{what}: {} rows for {n} ids: duplicates", got.len());
+    assert!(
+        missing.is_empty(),
+        "{what}: missing ids, e.g. {missing:?} ({} of {n} arrived)",
+        set.len()
+    );
+    assert_eq!(
+        got.len() as u64,
+        n,
+        "{what}: {} rows for {n} ids: duplicates",
+        got.len()
+    );
 }
 
 /// Messages in a topic, counted by kcat.
@@ -180,12 +204,31 @@ fn a_edge_to_cloud_every_event_arrives_once() {
     let events = dir.path().join("events.jsonl");
     write_events(&events, 0, n);
     broker.create_topic("a.readings", 3);
-    let edge = edge_pipeline(dir.path(), "edge-a", &events, &broker.bootstrap(), "a.readings", "json", r#"{ type = "memory", max_bytes = "16 MiB" }"#);
+    let edge = edge_pipeline(
+        dir.path(),
+        "edge-a",
+        &events,
+        &broker.bootstrap(),
+        "a.readings",
+        "json",
+        r#"{ type = "memory", max_bytes = "16 MiB" }"#,
+    );
     run(&[&edge]);
-    let (cloud, rows, _) = cloud_pipeline(dir.path(), &broker.bootstrap(), "a.readings", "cloud-a", "json", "4s");
+    let (cloud, rows, _) = cloud_pipeline(
+        dir.path(),
+        &broker.bootstrap(),
+        "a.readings",
+        "cloud-a",
+        "json",
+        "4s",
+    );
     run(&[&cloud]);
     assert_exactly_once(&ids(&rows), n, "edge → Kafka → cloud");
-    assert_eq!(kcat_count(&broker.bootstrap(), "a.readings"), n as usize, "one message per event");
+    assert_eq!(
+        kcat_count(&broker.bootstrap(), "a.readings"),
+        n as usize,
+        "one message per event"
+    );
 }
 
 #[test]
@@ -195,14 +238,32 @@ fn a_arrow_lz4_format_round_trips() {
     let n = 5_000;
     let events = dir.path().join("events.jsonl");
     write_events(&events, 0, n);
-    let edge = edge_pipeline(dir.path(), "edge-arrow", &events, &broker.bootstrap(), "arrow.readings", "arrow", r#"{ type = "memory" }"#);
+    let edge = edge_pipeline(
+        dir.path(),
+        "edge-arrow",
+        &events,
+        &broker.bootstrap(),
+        "arrow.readings",
+        "arrow",
+        r#"{ type = "memory" }"#,
+    );
     run(&[&edge]);
-    let (cloud, rows, _) = cloud_pipeline(dir.path(), &broker.bootstrap(), "arrow.readings", "cloud-arrow", "arrow", "4s");
+    let (cloud, rows, _) = cloud_pipeline(
+        dir.path(),
+        &broker.bootstrap(),
+        "arrow.readings",
+        "cloud-arrow",
+        "arrow",
+        "4s",
+    );
     run(&[&cloud]);
     assert_exactly_once(&ids(&rows), n, "arrow + lz4");
     // One message per batch and key, far fewer than rows.
     let messages = kcat_count(&broker.bootstrap(), "arrow.readings");
-    assert!(messages < n as usize / 10, "{messages} messages for {n} rows");
+    assert!(
+        messages < n as usize / 10,
+        "{messages} messages for {n} rows"
+    );
 }
 
 #[test]
@@ -214,19 +275,48 @@ fn b_broker_down_at_start_then_up_everything_arrives() {
     let events = dir.path().join("events.jsonl");
     write_events(&events, 0, n);
     let spool = dir.path().join("spool");
-    let edge = edge_pipeline(dir.path(), "edge-b", &events, &brokers, "b.readings", "json", &format!(r#"{{ type = "disk", path = "{}", max_bytes = "4 MiB" }}"#, spool.display()));
+    let edge = edge_pipeline(
+        dir.path(),
+        "edge-b",
+        &events,
+        &brokers,
+        "b.readings",
+        "json",
+        &format!(
+            r#"{{ type = "disk", path = "{}", max_bytes = "4 MiB" }}"#,
+            spool.display()
+        ),
+    );
     let log = dir.path().join("edge.log");
     let mut child = spawn(&[&edge], &log);
     // The edge runs (and spools) while no broker exists.
     std::thread::sleep(Duration::from_secs(4));
-    assert!(child.try_wait().expect("edge status").is_none(), "the edge must keep running while the broker is down");
+    assert!(
+        child.try_wait().expect("edge status").is_none(),
+        "the edge must keep running while the broker is down"
+    );
     let broker = KafkaBroker::start(port);
     let status = wait(&mut child, Duration::from_secs(120));
-    assert!(status.success(), "edge failed:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+    assert!(
+        status.success(),
+        "edge failed:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(text.contains("link down"), "the outage is logged:\n{text}");
-    assert_eq!(text.matches("link down").count(), 1, "logged once per transition:\n{text}");
-    let (cloud, rows, _) = cloud_pipeline(dir.path(), &broker.bootstrap(), "b.readings", "cloud-b", "json", "4s");
+    assert_eq!(
+        text.matches("link down").count(),
+        1,
+        "logged once per transition:\n{text}"
+    );
+    let (cloud, rows, _) = cloud_pipeline(
+        dir.path(),
+        &broker.bootstrap(),
+        "b.readings",
+        "cloud-b",
+        "json",
+        "4s",
+    );
     run(&[&cloud]);
     assert_exactly_once(&ids(&rows), n, "broker down at start");
 }
@@ -256,18 +346,35 @@ fn c_kill_9_with_a_full_spool_then_restart_delivers_all_once() {
     let empty = dir.path().join("nothing-new.jsonl");
     std::fs::write(&empty, "").expect("empty input");
     let spool = dir.path().join("spool");
-    let buffer = format!(r#"{{ type = "disk", path = "{}", max_bytes = "8 MiB" }}"#, spool.display());
-    let edge = edge_pipeline(dir.path(), "edge-c", &events, &brokers, "c.readings", "json", &buffer);
+    let buffer = format!(
+        r#"{{ type = "disk", path = "{}", max_bytes = "8 MiB" }}"#,
+        spool.display()
+    );
+    let edge = edge_pipeline(
+        dir.path(),
+        "edge-c",
+        &events,
+        &brokers,
+        "c.readings",
+        "json",
+        &buffer,
+    );
     let log = dir.path().join("edge-1.log");
     let mut child = spawn(&[&edge], &log);
     // Wait until every event is in the spool (the broker is down), then kill -9.
     let started = Instant::now();
     loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains("link down") && spool_bytes(&spool) > 0 && started.elapsed() > Duration::from_secs(3) {
+        if text.contains("link down")
+            && spool_bytes(&spool) > 0
+            && started.elapsed() > Duration::from_secs(3)
+        {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "the edge never spooled:\n{text}");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the edge never spooled:\n{text}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     child.kill().expect("kill -9");
@@ -276,11 +383,29 @@ fn c_kill_9_with_a_full_spool_then_restart_delivers_all_once() {
 
     let broker = KafkaBroker::start(port);
     // Restart with no new input: the spool alone is replayed.
-    let restarted = edge_pipeline(dir.path(), "edge-c", &empty, &brokers, "c.readings", "json", &buffer);
+    let restarted = edge_pipeline(
+        dir.path(),
+        "edge-c",
+        &empty,
+        &brokers,
+        "c.readings",
+        "json",
+        &buffer,
+    );
     let out = run(&[&restarted]);
     let text = String::from_utf8_lossy(&out.stderr);
-    assert!(text.contains("spool opened with messages to replay"), "{text}");
-    let (cloud, rows, _) = cloud_pipeline(dir.path(), &broker.bootstrap(), "c.readings", "cloud-c", "json", "4s");
+    assert!(
+        text.contains("spool opened with messages to replay"),
+        "{text}"
+    );
+    let (cloud, rows, _) = cloud_pipeline(
+        dir.path(),
+        &broker.bootstrap(),
+        "c.readings",
+        "cloud-c",
+        "json",
+        "4s",
+    );
     run(&[&cloud]);
     assert_exactly_once(&ids(&rows), n, "kill -9 and restart");
 }
@@ -308,14 +433,28 @@ fn c_kill_9_while_sending_replays_and_dedup_counts_once() {
     let empty = dir.path().join("nothing-new.jsonl");
     std::fs::write(&empty, "").expect("empty input");
     let spool = dir.path().join("spool");
-    let buffer = format!(r#"{{ type = "disk", path = "{}", max_bytes = "2 MiB" }}"#, spool.display());
-    let edge = edge_pipeline(dir.path(), "edge-c2", &events, &broker.bootstrap(), "c2.readings", "json", &buffer);
+    let buffer = format!(
+        r#"{{ type = "disk", path = "{}", max_bytes = "2 MiB" }}"#,
+        spool.display()
+    );
+    let edge = edge_pipeline(
+        dir.path(),
+        "edge-c2",
+        &events,
+        &broker.bootstrap(),
+        "c2.readings",
+        "json",
+        &buffer,
+    );
     let log = dir.path().join("edge-1.log");
     let mut child = spawn(&[&edge], &log);
     // Kill once messages are flowing.
     let started = Instant::now();
     while kcat_count(&broker.bootstrap(), "c2.readings") < 1_000 {
-        assert!(started.elapsed() < Duration::from_secs(60), "nothing was sent");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "nothing was sent"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     child.kill().expect("kill -9");
@@ -323,19 +462,40 @@ fn c_kill_9_while_sending_replays_and_dedup_counts_once() {
     let sent_before = kcat_count(&broker.bootstrap(), "c2.readings");
     // Restart with the rest of the input (the source's own progress is not kept: the file
     // from where the first run was killed is what a device would still have to send).
-    let restarted = edge_pipeline(dir.path(), "edge-c2", &empty, &broker.bootstrap(), "c2.readings", "json", &buffer);
+    let restarted = edge_pipeline(
+        dir.path(),
+        "edge-c2",
+        &empty,
+        &broker.bootstrap(),
+        "c2.readings",
+        "json",
+        &buffer,
+    );
     run(&[&restarted]);
-    let (cloud, rows, _) = cloud_pipeline(dir.path(), &broker.bootstrap(), "c2.readings", "cloud-c2", "json", "4s");
+    let (cloud, rows, _) = cloud_pipeline(
+        dir.path(),
+        &broker.bootstrap(),
+        "c2.readings",
+        "cloud-c2",
+        "json",
+        "4s",
+    );
     run(&[&cloud]);
     let got = ids(&rows);
     let total = kcat_count(&broker.bootstrap(), "c2.readings");
-    eprintln!("kill -9 mid-send: {sent_before} messages before the kill, {total} on the topic after the replay, {} rows after dedup", got.len());
+    eprintln!(
+        "kill -9 mid-send: {sent_before} messages before the kill, {total} on the topic after the replay, {} rows after dedup",
+        got.len()
+    );
     let unique: BTreeSet<u64> = got.iter().copied().collect();
     assert_eq!(unique.len(), got.len(), "no duplicate after dedup");
     // Everything the spool had accepted is there: a prefix of the input, in full.
     let max = unique.iter().next_back().copied().unwrap_or(0);
     assert_exactly_once(&got, max + 1, "kill -9 while sending");
-    assert!(max + 1 >= sent_before as u64, "the replay reached at least what was sent before the kill");
+    assert!(
+        max + 1 >= sent_before as u64,
+        "the replay reached at least what was sent before the kill"
+    );
 }
 
 #[test]
@@ -346,7 +506,15 @@ fn d_kafka_to_kafka_consumer_restarted_mid_stream_loses_nothing() {
     let events = dir.path().join("events.jsonl");
     write_events(&events, 0, n);
     broker.create_topic("d.in", 2);
-    let edge = edge_pipeline(dir.path(), "edge-d", &events, &broker.bootstrap(), "d.in", "json", r#"{ type = "memory" }"#);
+    let edge = edge_pipeline(
+        dir.path(),
+        "edge-d",
+        &events,
+        &broker.bootstrap(),
+        "d.in",
+        "json",
+        r#"{ type = "memory" }"#,
+    );
     run(&[&edge]);
     let relay = dir.path().join("relay.toml");
     std::fs::write(
@@ -379,18 +547,33 @@ key = "device"
     let mut child = spawn(&[&relay], &log);
     let started = Instant::now();
     while kcat_count(&broker.bootstrap(), "d.out") < 2_000 {
-        assert!(started.elapsed() < Duration::from_secs(60), "the relay never produced:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the relay never produced:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     child.kill().expect("kill -9 the consumer");
     child.wait().expect("reaped");
     let before = kcat_count(&broker.bootstrap(), "d.out");
     run(&[&relay]);
-    let (cloud, rows, _) = cloud_pipeline(dir.path(), &broker.bootstrap(), "d.out", "cloud-d", "json", "4s");
+    let (cloud, rows, _) = cloud_pipeline(
+        dir.path(),
+        &broker.bootstrap(),
+        "d.out",
+        "cloud-d",
+        "json",
+        "4s",
+    );
     run(&[&cloud]);
     let got = ids(&rows);
     let unique: BTreeSet<u64> = got.iter().copied().collect();
-    eprintln!("relay killed after {before} messages; {} rows read back, {} unique", got.len(), unique.len());
+    eprintln!(
+        "relay killed after {before} messages; {} rows read back, {} unique",
+        got.len(),
+        unique.len()
+    );
     let missing: Vec<u64> = (0..n).filter(|i| !unique.contains(i)).take(10).collect();
     assert!(missing.is_empty(), "lost ids, e.g. {missing:?}");
 }
@@ -402,11 +585,29 @@ fn e_kcat_reads_the_json_sink_and_writes_the_json_source() {
     let n = 1_000;
     let events = dir.path().join("events.jsonl");
     write_events(&events, 0, n);
-    let edge = edge_pipeline(dir.path(), "edge-e", &events, &broker.bootstrap(), "e.readings", "json", r#"{ type = "memory" }"#);
+    let edge = edge_pipeline(
+        dir.path(),
+        "edge-e",
+        &events,
+        &broker.bootstrap(),
+        "e.readings",
+        "json",
+        r#"{ type = "memory" }"#,
+    );
     run(&[&edge]);
     // kcat reads it: JSON objects, with our headers.
     let out = Command::new("kcat")
-        .args(["-C", "-b", &broker.bootstrap(), "-t", "e.readings", "-e", "-q", "-f", "%k\t%h\t%s\n"])
+        .args([
+            "-C",
+            "-b",
+            &broker.bootstrap(),
+            "-t",
+            "e.readings",
+            "-e",
+            "-q",
+            "-f",
+            "%k\t%h\t%s\n",
+        ])
         .output()
         .expect("kcat");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -414,10 +615,20 @@ fn e_kcat_reads_the_json_sink_and_writes_the_json_source() {
     assert_eq!(lines.len(), n as usize);
     let first: Vec<&str> = lines[0].splitn(3, '\t').collect();
     assert!(first[0].starts_with('d'), "key is the device: {}", lines[0]);
-    assert!(first[1].contains("isthmus-node=edge-e") && first[1].contains("isthmus-seq="), "headers: {}", first[1]);
+    assert!(
+        first[1].contains("isthmus-node=edge-e") && first[1].contains("isthmus-seq="),
+        "headers: {}",
+        first[1]
+    );
     let row: serde_json::Value = serde_json::from_str(first[2]).expect("a JSON object");
-    assert!(row["ts"].as_str().is_some_and(|t| t.ends_with('Z')), "{row}");
-    assert!(row["id"].is_u64() && row["device"].is_string() && row["value"].is_number(), "{row}");
+    assert!(
+        row["ts"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{row}"
+    );
+    assert!(
+        row["id"].is_u64() && row["device"].is_string() && row["value"].is_number(),
+        "{row}"
+    );
 
     // kcat writes it: the json source reads every good line; the bad ones are dead letters.
     let mut input = String::new();
@@ -430,14 +641,28 @@ fn e_kcat_reads_the_json_sink_and_writes_the_json_source() {
         .stdin(Stdio::piped())
         .spawn()
         .expect("kcat -P");
-    kcat.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write");
+    kcat.stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write");
     assert!(kcat.wait().expect("kcat").success());
-    let (cloud, rows, dead) = cloud_pipeline(dir.path(), &broker.bootstrap(), "e.manual", "cloud-e", "json", "4s");
+    let (cloud, rows, dead) = cloud_pipeline(
+        dir.path(),
+        &broker.bootstrap(),
+        "e.manual",
+        "cloud-e",
+        "json",
+        "4s",
+    );
     run(&[&cloud]);
     assert_exactly_once(&ids(&rows), 500, "written by kcat");
     let dead = std::fs::read_to_string(&dead).expect("dead letters");
     assert_eq!(dead.lines().count(), 2, "two malformed messages:\n{dead}");
-    assert!(dead.contains("e.manual [0]") && dead.contains("no timestamp"), "{dead}");
+    assert!(
+        dead.contains("e.manual [0]") && dead.contains("no timestamp"),
+        "{dead}"
+    );
 }
 
 #[test]
@@ -481,14 +706,32 @@ key = "device"
     let publish = |from: u64, to: u64| {
         let mut lines = String::new();
         for i in from..to {
-            lines.push_str(&format!("{{\"ts\": {}, \"id\": {i}, \"value\": {}}}\n", 1_700_000_000_000u64 + i, i as f64));
+            lines.push_str(&format!(
+                "{{\"ts\": {}, \"id\": {i}, \"value\": {}}}\n",
+                1_700_000_000_000u64 + i,
+                i as f64
+            ));
         }
         let mut p = Command::new("mosquitto_pub")
-            .args(["-p", &mqtt.port.to_string(), "-h", "127.0.0.1", "-q", "1", "-t", &format!("plant/{}/temp", from % 3), "-l"])
+            .args([
+                "-p",
+                &mqtt.port.to_string(),
+                "-h",
+                "127.0.0.1",
+                "-q",
+                "1",
+                "-t",
+                &format!("plant/{}/temp", from % 3),
+                "-l",
+            ])
             .stdin(Stdio::piped())
             .spawn()
             .expect("mosquitto_pub");
-        p.stdin.take().expect("stdin").write_all(lines.as_bytes()).expect("publish");
+        p.stdin
+            .take()
+            .expect("stdin")
+            .write_all(lines.as_bytes())
+            .expect("publish");
         assert!(p.wait().expect("mosquitto_pub").success());
     };
     publish(0, 500);
@@ -499,18 +742,42 @@ key = "device"
     let status = wait(&mut child, Duration::from_secs(90));
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(status.success(), "edge failed:\n{text}");
-    assert!(text.contains("link down") && text.contains("link up"), "the restart is logged:\n{text}");
+    assert!(
+        text.contains("link down") && text.contains("link up"),
+        "the restart is logged:\n{text}"
+    );
     // Read what reached Kafka.
     let out = Command::new("kcat")
-        .args(["-C", "-b", &kafka.bootstrap(), "-t", "f.readings", "-e", "-q", "-f", "%s\n"])
+        .args([
+            "-C",
+            "-b",
+            &kafka.bootstrap(),
+            "-t",
+            "f.readings",
+            "-e",
+            "-q",
+            "-f",
+            "%s\n",
+        ])
         .output()
         .expect("kcat");
     let mut seen = BTreeMap::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let v: serde_json::Value = serde_json::from_str(line).expect("json");
         *seen.entry(v["id"].as_u64().expect("id")).or_insert(0) += 1;
-        assert!(v["device"].as_str().is_some_and(|d| d.starts_with("plant/")), "{v}");
+        assert!(
+            v["device"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("plant/")),
+            "{v}"
+        );
     }
-    let missing: Vec<u64> = (0..1000).filter(|i| !seen.contains_key(i)).take(10).collect();
-    assert!(missing.is_empty(), "lost MQTT messages, e.g. {missing:?}:\n{text}");
+    let missing: Vec<u64> = (0..1000)
+        .filter(|i| !seen.contains_key(i))
+        .take(10)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "lost MQTT messages, e.g. {missing:?}:\n{text}"
+    );
 }

@@ -117,7 +117,10 @@ mod tests {
         assert!(delays[0] >= Duration::from_millis(50) && delays[0] <= Duration::from_millis(100));
         assert!(delays[2] >= Duration::from_millis(200) && delays[2] <= Duration::from_millis(400));
         for d in &delays[4..] {
-            assert!(*d >= Duration::from_millis(500) && *d <= Duration::from_secs(1), "{d:?}");
+            assert!(
+                *d >= Duration::from_millis(500) && *d <= Duration::from_secs(1),
+                "{d:?}"
+            );
         }
         // Jitter: not all equal at the cap.
         let capped: Vec<Duration> = (0..20).map(|_| b.next_delay()).collect();

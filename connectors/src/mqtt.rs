@@ -105,11 +105,10 @@ fn host_port(broker: &str) -> Option<(String, u16)> {
 impl MqttSource {
     fn check(&self) -> Result<(SchemaRef, Vec<ColumnType>, TimeFormat), Problem> {
         if host_port(&self.broker).is_none() {
-            return Err(Problem::at(
-                "broker",
-                format!("`{}` is not host:port", self.broker),
-            )
-            .with_help("e.g. broker = \"127.0.0.1:1883\""));
+            return Err(
+                Problem::at("broker", format!("`{}` is not host:port", self.broker))
+                    .with_help("e.g. broker = \"127.0.0.1:1883\""),
+            );
         }
         if self.topics.is_empty() {
             return Err(Problem::at("topics", "give at least one topic filter"));
@@ -120,8 +119,10 @@ impl MqttSource {
             }
         }
         if self.qos > 1 {
-            return Err(Problem::at("qos", format!("QoS {} is not supported", self.qos))
-                .with_help("use 0 (at most once) or 1 (at least once)"));
+            return Err(
+                Problem::at("qos", format!("QoS {} is not supported", self.qos))
+                    .with_help("use 0 (at most once) or 1 (at least once)"),
+            );
         }
         if self.batch_rows == 0 {
             return Err(Problem::at("batch_rows", "batch_rows must be at least 1"));
@@ -152,8 +153,11 @@ impl MqttSource {
         match &self.topic_column {
             None => payload.clone(),
             Some(tc) => {
-                let mut fields: Vec<Field> =
-                    payload.fields().iter().map(|f| f.as_ref().clone()).collect();
+                let mut fields: Vec<Field> = payload
+                    .fields()
+                    .iter()
+                    .map(|f| f.as_ref().clone())
+                    .collect();
                 fields.push(Field::new(tc, DataType::Utf8, false));
                 Arc::new(arrow::datatypes::Schema::new(fields))
             }
@@ -431,7 +435,8 @@ impl Reader {
             Err(reason) => {
                 let t = self.caps.as_ref().map_or(0, |(_, d)| *d.time());
                 let raw = String::from_utf8_lossy(&p.payload).into_owned();
-                self.dead.push(t, &self.name, &format!("topic {}: {reason}", p.topic), &raw);
+                self.dead
+                    .push(t, &self.name, &format!("topic {}: {reason}", p.topic), &raw);
             }
         }
         self.batch.push(p);
@@ -445,7 +450,8 @@ impl Reader {
         if let Some(batch) = self.decoder.take() {
             at = (self.min_ts.max(0) as Time).max(*main_cap.time());
             let batch = if self.output.fields().len() > batch.num_columns() {
-                let topics: ArrayRef = Arc::new(StringArray::from(std::mem::take(&mut self.topics)));
+                let topics: ArrayRef =
+                    Arc::new(StringArray::from(std::mem::take(&mut self.topics)));
                 let mut columns = batch.columns().to_vec();
                 columns.push(topics);
                 RecordBatch::try_new(self.output.clone(), columns)
@@ -531,7 +537,10 @@ mod tests {
 
     #[test]
     fn broker_must_be_host_port() {
-        assert_eq!(host_port("127.0.0.1:1883"), Some(("127.0.0.1".into(), 1883)));
+        assert_eq!(
+            host_port("127.0.0.1:1883"),
+            Some(("127.0.0.1".into(), 1883))
+        );
         assert_eq!(host_port("localhost"), None);
         assert_eq!(host_port(":1883"), None);
         assert_eq!(host_port("h:port"), None);

@@ -109,10 +109,10 @@ impl Sink for ReconfigureSink {
                         && !(field.name() == "version" && f.data_type() == &DataType::Int64) =>
                 {
                     format!(
-                    "column `{}` of the input is {}, a policy stream has {}",
-                    field.name(),
-                    f.data_type(),
-                    field.data_type()
+                        "column `{}` of the input is {}, a policy stream has {}",
+                        field.name(),
+                        f.data_type(),
+                        field.data_type()
                     )
                 }
                 Some(_) => continue,

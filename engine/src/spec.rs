@@ -396,10 +396,7 @@ pub fn expand_env(
             Some((n, d)) => (n, Some(d)),
             None => (inner, None),
         };
-        let valid = !name.is_empty()
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_');
+        let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !valid {
             return Err((
                 offset + start,
@@ -794,7 +791,11 @@ mod env_tests {
     fn env_references_are_expanded_with_defaults() {
         let lookup = |n: &str| (n == "NODE").then(|| "edge-2".to_string());
         assert_eq!(
-            expand_env(r#"id = "${env.NODE}" b = "${env.BROKERS:-127.0.0.1:9092}" p = "${policy.x}""#, lookup).unwrap(),
+            expand_env(
+                r#"id = "${env.NODE}" b = "${env.BROKERS:-127.0.0.1:9092}" p = "${policy.x}""#,
+                lookup
+            )
+            .unwrap(),
             r#"id = "edge-2" b = "127.0.0.1:9092" p = "${policy.x}""#
         );
         let err = expand_env("x\ny = \"${env.MISSING}\"", lookup).unwrap_err();

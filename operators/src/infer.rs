@@ -4,9 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{
-    Array, ArrayRef, AsArray, Float64Array, RecordBatch, UInt32Array,
-};
+use arrow::array::{Array, ArrayRef, AsArray, Float64Array, RecordBatch, UInt32Array};
 use arrow::compute::{cast, take_record_batch};
 use arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
@@ -15,8 +13,8 @@ use isthmus_engine::component::{BuildContext, CheckContext, Outputs, Transform};
 use isthmus_engine::error::{EngineError, Problem};
 use isthmus_engine::ops::{self, DEAD_LETTER, DeadLetters, dead_letter_schema, rows_as_json};
 use isthmus_models::{
-    Adapter, AdapterConfig, Calibrator, CalibratorConfig, KeyedWindows, LoadedModel,
-    ModelArtifact, ModelError, ModelKind,
+    Adapter, AdapterConfig, Calibrator, CalibratorConfig, KeyedWindows, LoadedModel, ModelArtifact,
+    ModelError, ModelKind,
 };
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -214,12 +212,7 @@ impl Infer {
         })
     }
 
-    fn output_schema(
-        &self,
-        input: &SchemaRef,
-        kind: ModelKind,
-        columns: &[String],
-    ) -> SchemaRef {
+    fn output_schema(&self, input: &SchemaRef, kind: ModelKind, columns: &[String]) -> SchemaRef {
         let mut fields: Vec<Field> = input.fields().iter().map(|f| f.as_ref().clone()).collect();
         fields.push(Field::new(&self.score_column, DataType::Float64, false));
         if kind == ModelKind::Forecaster {
@@ -293,7 +286,10 @@ impl Infer {
             let problem = if a.every_rows == 0 || a.buffer_rows == 0 || a.steps == 0 {
                 Some("every_rows, buffer_rows and steps must be at least 1".to_string())
             } else if !(a.learning_rate.is_finite() && a.learning_rate > 0.0) {
-                Some(format!("learning_rate must be > 0, not {}", a.learning_rate))
+                Some(format!(
+                    "learning_rate must be > 0, not {}",
+                    a.learning_rate
+                ))
             } else if !(a.max_cpu_share > 0.0 && a.max_cpu_share <= 1.0) {
                 Some(format!(
                     "max_cpu_share must be in (0, 1], not {}",
@@ -575,8 +571,7 @@ impl Scorer {
         } else {
             Vec::new()
         };
-        let mut groups: std::collections::BTreeMap<Option<usize>, Vec<usize>> =
-            Default::default();
+        let mut groups: std::collections::BTreeMap<Option<usize>, Vec<usize>> = Default::default();
         for (w, (_, key)) in windows_done.iter().enumerate() {
             groups
                 .entry(has_own(*key).then_some(*key))
@@ -632,7 +627,11 @@ impl Scorer {
             match adapter.maybe_fine_tune(&mut model) {
                 Ok(Some(report)) => {
                     self.tuning += report.elapsed;
-                    tracing::debug!(key = self.windows.key_name(key), ?report, "infer: fine-tuned");
+                    tracing::debug!(
+                        key = self.windows.key_name(key),
+                        ?report,
+                        "infer: fine-tuned"
+                    );
                     if report.accepted {
                         if key >= self.own_models.len() {
                             self.own_models.resize_with(key + 1, || None);
@@ -681,7 +680,9 @@ impl Transform for Infer {
         let model = self
             .load(&cx.path(&self.model))
             .map_err(|p| cx.error(p.message))?;
-        let columns = self.check(&schema, &model).map_err(|p| cx.error(p.message))?;
+        let columns = self
+            .check(&schema, &model)
+            .map_err(|p| cx.error(p.message))?;
         let out_schema = self.output_schema(&schema, model.kind(), &columns);
         let mut scorer = Scorer::new(self, model, columns);
         let name = cx.name.clone();
@@ -692,13 +693,9 @@ impl Transform for Infer {
         let (main, main_stream) = builder.new_output::<Vec<Batch>>();
         let (dead, dead_stream) = builder.new_output::<Vec<Batch>>();
         let mut main =
-            OutputBuilder::<_, timely::container::CapacityContainerBuilder<Vec<Batch>>>::from(
-                main,
-            );
+            OutputBuilder::<_, timely::container::CapacityContainerBuilder<Vec<Batch>>>::from(main);
         let mut dead =
-            OutputBuilder::<_, timely::container::CapacityContainerBuilder<Vec<Batch>>>::from(
-                dead,
-            );
+            OutputBuilder::<_, timely::container::CapacityContainerBuilder<Vec<Batch>>>::from(dead);
         builder.build(move |_| {
             move |_frontiers| {
                 let mut main = main.activate();
@@ -949,7 +946,11 @@ mod tests {
             .map(|i| scores[i])
             .collect();
         let high = normal.iter().filter(|s| **s > 4.0).count();
-        assert!(high * 100 < normal.len(), "{high} of {} normal rows score > 4", normal.len());
+        assert!(
+            high * 100 < normal.len(),
+            "{high} of {} normal rows score > 4",
+            normal.len()
+        );
         assert!(scores.iter().all(|s| s.is_finite() && *s >= 0.0));
     }
 
@@ -968,7 +969,11 @@ mod tests {
         assert_eq!(out.side_rows(DEAD_LETTER), 3);
         let dead = &out.side[DEAD_LETTER][0].1;
         let reasons = dead.column_by_name("reason").unwrap().as_string::<i32>();
-        assert!(reasons.value(0).contains("`temperature` is NULL"), "{}", reasons.value(0));
+        assert!(
+            reasons.value(0).contains("`temperature` is NULL"),
+            "{}",
+            reasons.value(0)
+        );
         assert!(reasons.value(1).contains("`temperature` is not a finite"));
         assert!(reasons.value(2).contains("`load` is not a finite"));
         let records = dead.column_by_name("record").unwrap().as_string::<i32>();

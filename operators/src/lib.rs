@@ -13,8 +13,8 @@
 pub mod detect;
 pub mod expr;
 pub mod filter;
-pub mod infer;
 pub mod fleet;
+pub mod infer;
 pub mod map;
 pub mod policy_rules;
 pub mod window;

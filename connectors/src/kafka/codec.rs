@@ -6,13 +6,13 @@
 //! * `arrow`: one Arrow IPC stream per batch (or per key within a batch), compressed with
 //!   lz4 (size-prepended block). Columns are matched by name when read.
 
-use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use arrow::array::{ArrayRef, RecordBatch, UInt32Array};
 use arrow::datatypes::{DataType, Schema, SchemaRef};
 use isthmus_engine::batch::TIME_COLUMN;
 use schemars::JsonSchema;
 use serde::Deserialize;
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
 
 use crate::jsonl_source::JsonRowParser;
 use crate::replay::{ColumnBuf, ColumnType, TimeFormat};
@@ -371,14 +371,14 @@ impl Decoder {
                         field.data_type()
                     ));
                 }
-                columns.push(
-                    arrow::compute::cast(col, field.data_type()).map_err(|e| e.to_string())?,
-                );
+                columns
+                    .push(arrow::compute::cast(col, field.data_type()).map_err(|e| e.to_string())?);
             } else {
                 columns.push(col.clone());
             }
         }
-        let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+        let options =
+            arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
         RecordBatch::try_new_with_options(self.schema.clone(), columns, &options)
             .map_err(|e| e.to_string())
     }
@@ -436,8 +436,16 @@ mod tests {
         RecordBatch::try_new(
             schema,
             vec![
-                time_array(vec![1_700_000_000_000, 1_700_000_000_500, 1_700_000_001_000]),
-                Arc::new(StringArray::from(vec![Some("a"), Some("b,\"x\"\nz"), Some("a")])),
+                time_array(vec![
+                    1_700_000_000_000,
+                    1_700_000_000_500,
+                    1_700_000_001_000,
+                ]),
+                Arc::new(StringArray::from(vec![
+                    Some("a"),
+                    Some("b,\"x\"\nz"),
+                    Some("a"),
+                ])),
                 Arc::new(Float64Array::from(vec![Some(1.5), None, Some(-2.0)])),
             ],
         )
@@ -508,7 +516,13 @@ mod tests {
                 "ts".into(),
                 TimeFormat::Rfc3339,
             );
-            for bad in [&b""[..], b"{", b"\xff\xfe", b"garbage,1,2,3", b"{\"value\":1}"] {
+            for bad in [
+                &b""[..],
+                b"{",
+                b"\xff\xfe",
+                b"garbage,1,2,3",
+                b"{\"value\":1}",
+            ] {
                 assert!(d.push(bad).is_err(), "{format:?} accepted {bad:?}");
             }
             assert_eq!(d.rows(), 0);
@@ -521,6 +535,9 @@ mod tests {
         let a = sample().schema();
         let b = declared_schema(&[("device".into(), ColumnType::Utf8)]);
         assert_ne!(schema_fingerprint(&a), schema_fingerprint(&b));
-        assert_eq!(schema_fingerprint(&a), schema_fingerprint(&sample().schema()));
+        assert_eq!(
+            schema_fingerprint(&a),
+            schema_fingerprint(&sample().schema())
+        );
     }
 }

@@ -166,7 +166,7 @@ impl KafkaSink {
                 None => format!("the columns are: {}", names.join(", ")),
             };
             return Err(
-                Problem::at("key", format!("the input has no column `{key}`")).with_help(help)
+                Problem::at("key", format!("the input has no column `{key}`")).with_help(help),
             );
         }
         match &self.buffer {
@@ -328,9 +328,16 @@ struct Link {
 }
 
 impl Link {
-    fn start(sink: &KafkaSink, cx: &BuildContext<'_>, schema: &SchemaRef) -> Result<Self, EngineError> {
+    fn start(
+        sink: &KafkaSink,
+        cx: &BuildContext<'_>,
+        schema: &SchemaRef,
+    ) -> Result<Self, EngineError> {
         let (buffer, disk, epoch) = match &sink.buffer {
-            BufferConfig::Memory { max_bytes, when_full } => {
+            BufferConfig::Memory {
+                max_bytes,
+                when_full,
+            } => {
                 let buffer = Buffer::Memory(
                     MemoryBuffer::new(max_bytes.0, (*when_full).into())
                         .map_err(|e| cx.error(format!("cannot create the buffer: {e}")))?,
@@ -348,8 +355,7 @@ impl Link {
             } => {
                 let dir = cx.path(path);
                 let epoch = spool_epoch(&dir).map_err(|e| cx.error(e))?;
-                let config =
-                    SpoolConfig::new(max_bytes.0).with_when_full((*when_full).into());
+                let config = SpoolConfig::new(max_bytes.0).with_when_full((*when_full).into());
                 let spool = Spool::open(&dir, config).map_err(|e| {
                     cx.error(format!("cannot open the spool `{}`: {e}", dir.display()))
                 })?;
@@ -426,7 +432,10 @@ impl Link {
             return Ok(None);
         }
         loop {
-            match self.buffer.append_batch_timeout(frames, Duration::from_millis(200)) {
+            match self
+                .buffer
+                .append_batch_timeout(frames, Duration::from_millis(200))
+            {
                 Ok(range) => return Ok(range.end.checked_sub(1)),
                 Err(SpoolError::Full { .. }) => {
                     if shutdown.load(Ordering::Relaxed) {
@@ -469,7 +478,12 @@ impl Link {
 
     fn report_all(&self) {
         let durable = self.durable();
-        for w in self.workers.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        for w in self
+            .workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
             w.lock().unwrap_or_else(|e| e.into_inner()).advance(durable);
         }
     }
@@ -524,7 +538,10 @@ struct SinkContext {
 
 impl ClientContext for SinkContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        if matches!(error.rdkafka_error_code(), Some(RDKafkaErrorCode::AllBrokersDown)) {
+        if matches!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::AllBrokersDown)
+        ) {
             self.link
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -604,7 +621,11 @@ struct Sender {
 const IN_FLIGHT: usize = 4096;
 
 /// The oldest unacknowledged frames after `after` (up to `max` frames from the oldest).
-fn peek_after(buffer: &Buffer, after: Option<u64>, max: usize) -> Result<Vec<(u64, Vec<u8>)>, SpoolError> {
+fn peek_after(
+    buffer: &Buffer,
+    after: Option<u64>,
+    max: usize,
+) -> Result<Vec<(u64, Vec<u8>)>, SpoolError> {
     Ok(buffer
         .peek(max, 16 << 20)?
         .into_iter()
@@ -704,24 +725,48 @@ impl Sender {
                 in_flight.push_back(seq);
             }
         }
-        let _ = self.producer.flush(Duration::from_secs(if self.disk { 1 } else { 5 }));
+        let _ = self
+            .producer
+            .flush(Duration::from_secs(if self.disk { 1 } else { 5 }));
     }
 
     /// Hands one frame to librdkafka; false if it must be tried again later.
     fn send(&self, seq: u64, bytes: &[u8], topic: &str) -> bool {
         let Some((key, payload)) = unframe(bytes) else {
             tracing::error!(component = %self.component, seq, "a buffered frame is malformed; skipped");
-            self.acks.lock().unwrap_or_else(|e| e.into_inner()).rejected.push((seq, "malformed frame".into()));
+            self.acks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .rejected
+                .push((seq, "malformed frame".into()));
             return true;
         };
         let seq_text = seq.to_string();
         let headers = OwnedHeaders::new()
-            .insert(Header { key: HEADER_NODE, value: Some(self.headers.node.as_bytes()) })
-            .insert(Header { key: HEADER_SINK, value: Some(self.headers.sink.as_bytes()) })
-            .insert(Header { key: HEADER_EPOCH, value: Some(self.headers.epoch.as_bytes()) })
-            .insert(Header { key: HEADER_SEQ, value: Some(seq_text.as_bytes()) })
-            .insert(Header { key: HEADER_SCHEMA, value: Some(self.headers.schema.as_bytes()) })
-            .insert(Header { key: HEADER_FORMAT, value: Some(self.headers.format.as_bytes()) });
+            .insert(Header {
+                key: HEADER_NODE,
+                value: Some(self.headers.node.as_bytes()),
+            })
+            .insert(Header {
+                key: HEADER_SINK,
+                value: Some(self.headers.sink.as_bytes()),
+            })
+            .insert(Header {
+                key: HEADER_EPOCH,
+                value: Some(self.headers.epoch.as_bytes()),
+            })
+            .insert(Header {
+                key: HEADER_SEQ,
+                value: Some(seq_text.as_bytes()),
+            })
+            .insert(Header {
+                key: HEADER_SCHEMA,
+                value: Some(self.headers.schema.as_bytes()),
+            })
+            .insert(Header {
+                key: HEADER_FORMAT,
+                value: Some(self.headers.format.as_bytes()),
+            });
         let mut record: BaseRecord<'_, [u8], [u8], Box<u64>> =
             BaseRecord::with_opaque_to(topic, Box::new(seq))
                 .payload(payload)
@@ -742,11 +787,19 @@ impl Sender {
                 }
                 Err((e, _)) => {
                     if is_permanent(&e) {
-                        self.acks.lock().unwrap_or_else(|e| e.into_inner()).rejected.push((seq, e.to_string()));
+                        self.acks
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .rejected
+                            .push((seq, e.to_string()));
                         return true;
                     }
                     tracing::warn!(component = %self.component, "cannot enqueue a message: {e}");
-                    self.acks.lock().unwrap_or_else(|e| e.into_inner()).retry.push((seq, e.to_string()));
+                    self.acks
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .retry
+                        .push((seq, e.to_string()));
                     return true;
                 }
             }

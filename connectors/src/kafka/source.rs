@@ -129,17 +129,19 @@ impl KafkaSource {
             return Err(Problem::at("group", "the consumer group id is empty"));
         }
         if !matches!(self.start.as_str(), "earliest" | "latest") {
-            return Err(Problem::at(
-                "start",
-                format!("`{}` is not a start position", self.start),
-            )
-            .with_help("use \"earliest\" or \"latest\""));
+            return Err(
+                Problem::at("start", format!("`{}` is not a start position", self.start))
+                    .with_help("use \"earliest\" or \"latest\""),
+            );
         }
         if self.batch_rows == 0 {
             return Err(Problem::at("batch_rows", "batch_rows must be at least 1"));
         }
         if self.dedup && self.dedup_window == 0 {
-            return Err(Problem::at("dedup_window", "dedup_window must be at least 1"));
+            return Err(Problem::at(
+                "dedup_window",
+                "dedup_window must be at least 1",
+            ));
         }
         if self.columns.contains_key(TIME_COLUMN) {
             return Err(Problem::at(
@@ -178,8 +180,11 @@ pub(crate) fn check_librdkafka(
             .map(|_| ())
     };
     result.map_err(|e| {
-        Problem::at("librdkafka", format!("librdkafka refuses these properties: {e}"))
-            .with_help("names and values are passed to librdkafka verbatim; see its CONFIGURATION.md")
+        Problem::at(
+            "librdkafka",
+            format!("librdkafka refuses these properties: {e}"),
+        )
+        .with_help("names and values are passed to librdkafka verbatim; see its CONFIGURATION.md")
     })
 }
 
@@ -410,10 +415,7 @@ struct Consume {
 /// Header value as text.
 fn header<'a>(msg: &'a rdkafka::message::BorrowedMessage<'_>, key: &str) -> Option<&'a [u8]> {
     let headers = msg.headers()?;
-    headers
-        .iter()
-        .find(|h| h.key == key)
-        .and_then(|h| h.value)
+    headers.iter().find(|h| h.key == key).and_then(|h| h.value)
 }
 
 fn header_u64(msg: &rdkafka::message::BorrowedMessage<'_>, key: &str) -> Option<u64> {
@@ -451,7 +453,12 @@ impl Consume {
         }
         if received > 0 {
             self.last_message = Instant::now();
-            consumer.context().link.lock().unwrap_or_else(|e| e.into_inner()).up();
+            consumer
+                .context()
+                .link
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .up();
         }
         self.emit(main, dead);
         self.advance_watermark();
@@ -469,7 +476,8 @@ impl Consume {
 
     fn take_message(&mut self, msg: &rdkafka::message::BorrowedMessage<'_>) {
         let topic: Arc<str> = Arc::from(msg.topic());
-        self.batch_offsets.push((topic, msg.partition(), msg.offset()));
+        self.batch_offsets
+            .push((topic, msg.partition(), msg.offset()));
         if self.settings.dedup
             && let (Some(node), Some(sink), Some(epoch), Some(seq)) = (
                 header(msg, HEADER_NODE),
@@ -502,7 +510,12 @@ impl Consume {
         }
     }
 
-    fn dead_letter(&mut self, reason: &str, payload: &[u8], msg: &rdkafka::message::BorrowedMessage<'_>) {
+    fn dead_letter(
+        &mut self,
+        reason: &str,
+        payload: &[u8],
+        msg: &rdkafka::message::BorrowedMessage<'_>,
+    ) {
         let t = self.caps.as_ref().map_or(0, |(_, d)| *d.time());
         let where_ = format!(
             "{} [{}] @{}: {reason}",
@@ -510,15 +523,16 @@ impl Consume {
             msg.partition(),
             msg.offset()
         );
-        self.dead.push(t, &self.settings.name, &where_, &String::from_utf8_lossy(payload));
+        self.dead.push(
+            t,
+            &self.settings.name,
+            &where_,
+            &String::from_utf8_lossy(payload),
+        );
     }
 
     /// Sends the batch and dead letters, and remembers at which time its offsets went out.
-    fn emit(
-        &mut self,
-        main: &mut Output<'_>,
-        dead: &mut Output<'_>,
-    ) {
+    fn emit(&mut self, main: &mut Output<'_>, dead: &mut Output<'_>) {
         let Some((main_cap, dead_cap)) = self.caps.as_ref() else {
             return;
         };
@@ -542,10 +556,14 @@ impl Consume {
 
     fn advance_watermark(&mut self) {
         let mut watermark = match self.max_seen {
-            Some(max) => (max.saturating_sub(self.settings.out_of_orderness_ms as i64)).max(0) as Time,
+            Some(max) => {
+                (max.saturating_sub(self.settings.out_of_orderness_ms as i64)).max(0) as Time
+            }
             None => 0,
         };
-        self.common.watermark.fetch_max(watermark, Ordering::Relaxed);
+        self.common
+            .watermark
+            .fetch_max(watermark, Ordering::Relaxed);
         if self.last_message.elapsed() >= self.settings.idle {
             watermark = watermark.max(self.common.watermark.load(Ordering::Relaxed));
         }
@@ -590,7 +608,11 @@ impl Consume {
         if tpl.count() == 0 {
             return;
         }
-        let mode = if now { CommitMode::Sync } else { CommitMode::Async };
+        let mode = if now {
+            CommitMode::Sync
+        } else {
+            CommitMode::Async
+        };
         if let Err(e) = consumer.commit(&tpl, mode) {
             tracing::warn!(component = %self.settings.name, "cannot commit offsets (they will be committed later or replayed): {e}");
             for (_, (_, dirty)) in self.committed.iter_mut() {

@@ -59,9 +59,10 @@ fn wire_sizes(devices: usize, seconds: u64) -> Vec<(&'static str, f64, usize)> {
     out
 }
 
+/// Writes a pipeline file named `name` whose node is `name`, with `text` as its components.
 fn write_pipeline(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, text).expect("write pipeline");
+    std::fs::write(&path, format!("[node]\nid = \"{name}\"\n\n{text}")).expect("write pipeline");
     path
 }
 
@@ -172,11 +173,14 @@ key = "device"
             .output()
             .expect("perf producer");
         let summary = String::from_utf8_lossy(&perf.stdout);
+        // The summary line: "N records sent, R records/sec (M MB/sec), …".
         let perf_rate: f64 = summary
-            .split(',')
-            .next()
-            .and_then(|s| s.split_whitespace().nth(2))
-            .map(|s| s.trim_start_matches('(').parse().unwrap_or(0.0))
+            .lines()
+            .rev()
+            .flat_map(|line| line.split(','))
+            .find(|part| part.contains("records/sec"))
+            .and_then(|part| part.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
             .unwrap_or(0.0);
         println!(
             "  ProducerPerformance ({messages} × {record_size} B, acks=all): {}",

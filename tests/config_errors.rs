@@ -280,3 +280,42 @@ fn writers_of_one_channel_must_agree_on_columns() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_pipeline_that_fails_validation_never_touches_the_spool() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let file = write(
+        dir.path(),
+        "edge.toml",
+        &format!(
+            r#"[node]
+id = "edge-1"
+
+[sources.sim]
+type = "simulator"
+devices = 2
+duration = "1m"
+
+[sinks.to_cloud]
+type = "kafka"
+inputs = ["sim"]
+brokers = "127.0.0.1:9"
+topic = "readings"
+key = "devcie"
+buffer = {{ type = "disk", path = "{}", max_bytes = "1 MiB" }}
+"#,
+            spool.display()
+        ),
+    );
+    let (code, err) = validate(&[&file]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("edge.toml:16") && err.contains("did you mean `device`"), "{err}");
+    let run = Command::new(env!("CARGO_BIN_EXE_isthmus"))
+        .arg("run")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(2), "run refuses the file too");
+    assert!(!spool.exists(), "the spool directory was created");
+}

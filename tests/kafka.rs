@@ -531,6 +531,8 @@ group = "relay"
 columns = {{ id = "int64", device = "utf8", value = "float64" }}
 batch_rows = 200
 stop_after_idle = "4s"
+# A killed member's partitions move on after its session times out (Kafka's minimum).
+librdkafka = {{ "session.timeout.ms" = "6000" }}
 
 [sinks.outbound]
 type = "kafka"

@@ -95,6 +95,10 @@ fn default_idle() -> DurationSpec {
     DurationSpec(Duration::from_millis(5000))
 }
 
+/// With messages waiting for their acknowledgement and none arriving for this long, the
+/// flow is taken to be stalled on those acknowledgements (see `advance_watermark`).
+const ACK_STALL: Duration = Duration::from_millis(50);
+
 /// Splits `host:port`.
 fn host_port(broker: &str) -> Option<(String, u16)> {
     let (host, port) = broker.rsplit_once(':')?;
@@ -481,6 +485,16 @@ impl Reader {
         };
         if self.last_message.elapsed() >= self.idle {
             watermark = watermark.max(now_ms().saturating_sub(self.out_of_orderness_ms));
+        }
+        if !self.pending.is_empty()
+            && self.last_message.elapsed() >= ACK_STALL
+            && let Some(max) = self.max_seen
+        {
+            // The broker sends a QoS 1 client only so many unacknowledged messages (20 by
+            // Mosquitto's default), and they are acknowledged once the watermark passes
+            // them: with the flow stalled on those acks, close event time up to the newest
+            // reading so that they can be delivered and acknowledged.
+            watermark = watermark.max(max.max(0) as Time + 1);
         }
         if let Some((main_cap, dead_cap)) = self.caps.as_mut()
             && watermark > *main_cap.time()

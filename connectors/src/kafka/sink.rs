@@ -39,7 +39,7 @@ use crate::link::{Backoff, LinkState};
 /// An example pipeline fragment.
 pub const EXAMPLE: &str = r#"[sinks.to_cloud]
 type = "kafka"
-inputs = ["alerts"]
+inputs = ["sim"]
 brokers = "127.0.0.1:9092"
 topic = "isthmus.readings"
 format = "json"
@@ -202,9 +202,11 @@ impl Sink for KafkaSink {
         self.check_config(Some(&schema))
             .map_err(|p| cx.error(p.message))?;
         let key = format!("kafka-sink/{}/{}", cx.node.id, cx.name);
-        let link = shared(&key, || Mutex::new(None::<Arc<Link>>));
+        // Every worker's closure holds the slot, so the workers of this process share one
+        // link (one producer, one spool) however far apart their dataflows are built.
+        let slot = shared(&key, || Mutex::new(None::<Arc<Link>>));
         let link = {
-            let mut slot = link.lock().unwrap_or_else(|e| e.into_inner());
+            let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
             match slot.as_ref() {
                 Some(l) => l.clone(),
                 None => {
@@ -231,6 +233,7 @@ impl Sink for KafkaSink {
         let mut messages: Vec<OutMessage> = Vec::new();
         let mut last_seq: Option<u64> = None;
         input.sink(Pipeline, &cx.name, move |(input, frontier)| {
+            let _shared_by_workers = &slot;
             input.for_each_stamp(|_cap, data| {
                 for container in data {
                     for batch in container.drain(..) {
@@ -315,13 +318,24 @@ impl WorkerDelivery {
     }
 }
 
+/// The delivery marks of every worker of one sink (shared with the sender thread, which
+/// reports a memory buffer's deliveries as the broker acknowledges them).
+type Workers = Arc<Mutex<Vec<Arc<Mutex<WorkerDelivery>>>>>;
+
+/// Reports to every worker's tracker what is durable now.
+fn report_durable(workers: &Workers, durable: Option<u64>) {
+    for w in workers.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        w.lock().unwrap_or_else(|e| e.into_inner()).advance(durable);
+    }
+}
+
 /// The buffer, the producer thread and the bookkeeping shared by a sink's workers.
 struct Link {
     buffer: Arc<Buffer>,
     disk: bool,
     /// Highest seq acknowledged by the broker, contiguous from the start (+1; 0 = none).
     acked_next: Arc<AtomicU64>,
-    workers: Mutex<Vec<Arc<Mutex<WorkerDelivery>>>>,
+    workers: Workers,
     stop: Arc<AtomicBool>,
     sender: Mutex<Option<JoinHandle<()>>>,
     component: String,
@@ -388,6 +402,7 @@ impl Link {
             .map_err(|e| cx.error(format!("cannot create a Kafka producer: {e}")))?;
         let stop = Arc::new(AtomicBool::new(false));
         let acked_next = Arc::new(AtomicU64::new(0));
+        let workers: Workers = Arc::default();
         let headers = StaticHeaders {
             node: cx.node.id.clone(),
             sink: cx.name.clone(),
@@ -407,12 +422,13 @@ impl Link {
             component: cx.name.clone(),
             metrics: cx.metrics.clone(),
             disk,
+            workers: workers.clone(),
         };
         let link = Link {
             buffer,
             disk,
             acked_next,
-            workers: Mutex::new(Vec::new()),
+            workers,
             stop,
             sender: Mutex::new(None),
             component: cx.name.clone(),
@@ -477,15 +493,7 @@ impl Link {
     }
 
     fn report_all(&self) {
-        let durable = self.durable();
-        for w in self
-            .workers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            w.lock().unwrap_or_else(|e| e.into_inner()).advance(durable);
-        }
+        report_durable(&self.workers, self.durable());
     }
 }
 
@@ -615,6 +623,7 @@ struct Sender {
     component: String,
     metrics: Arc<ComponentMetrics>,
     disk: bool,
+    workers: Workers,
 }
 
 /// Frames in flight at most.
@@ -638,6 +647,8 @@ impl Sender {
     fn run(self) {
         let mut in_flight: VecDeque<u64> = VecDeque::new();
         let mut done: HashSet<u64> = HashSet::new();
+        // In flight, but failed for now: sent again once everything in flight resolved.
+        let mut failed: HashSet<u64> = HashSet::new();
         let mut sent_through: Option<u64> = None;
         let mut backoff = Backoff::default();
         let mut retry_at: Option<Instant> = None;
@@ -660,6 +671,7 @@ impl Sender {
                 self.reject(seq, &reason);
                 done.insert(seq);
             }
+            failed.extend(retry.iter().map(|(seq, _)| *seq));
             if !retry.is_empty() {
                 // Send everything from the oldest unacknowledged frame again, after a pause.
                 let delay = backoff.next_delay();
@@ -679,14 +691,21 @@ impl Sender {
                     tracing::error!(component = %self.component, "cannot acknowledge the buffer: {e}");
                 }
                 self.acked_next.store(seq + 1, Ordering::Release);
+                if !self.disk {
+                    // A memory buffer's rows count as delivered once the broker has them.
+                    report_durable(&self.workers, Some(seq));
+                }
             }
             if retry_at.is_some() {
                 // Wait for everything in flight to resolve before sending again.
-                let resolved = in_flight.iter().all(|s| done.contains(s));
+                let resolved = in_flight
+                    .iter()
+                    .all(|s| done.contains(s) || failed.contains(s));
                 if resolved && retry_at.is_some_and(|t| Instant::now() >= t) {
                     retry_at = None;
                     in_flight.clear();
                     done.clear();
+                    failed.clear();
                     sent_through = None;
                 } else {
                     if stopping {
@@ -774,7 +793,6 @@ impl Sender {
         if let Some(k) = key {
             record = record.key(k);
         }
-        let mut record = record;
         loop {
             match self.producer.send(record) {
                 Ok(()) => return true,

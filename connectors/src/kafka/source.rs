@@ -2,7 +2,7 @@
 //! every sink of the node has delivered what the records became.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -220,6 +220,7 @@ impl Source for KafkaSource {
         let key = format!("kafka-source/{}/{}", cx.node.id, cx.name);
         let common = shared(&key, || Common {
             watermark: AtomicU64::new(0),
+            joined: AtomicBool::new(false),
             dedup: Mutex::new(Dedup::new(self.dedup_window)),
         });
         let decoder = Decoder::new(
@@ -265,6 +266,8 @@ impl Source for KafkaSource {
                 committed: HashMap::new(),
                 max_seen: None,
                 last_message: Instant::now(),
+                created: Instant::now(),
+                joined: false,
                 last_commit: Instant::now(),
                 duplicates: 0,
                 min_ts: i64::MAX,
@@ -325,6 +328,8 @@ impl ConsumerContext for SourceContext {}
 struct Common {
     /// The largest watermark of any worker (idle workers follow it).
     watermark: AtomicU64,
+    /// Whether the group has assigned partitions to any worker.
+    joined: AtomicBool,
     dedup: Mutex<Dedup>,
 }
 
@@ -407,6 +412,10 @@ struct Consume {
     committed: HashMap<(Arc<str>, i32), (i64, bool)>,
     max_seen: Option<i64>,
     last_message: Instant,
+    /// When this consumer was created.
+    created: Instant,
+    /// Whether the group has assigned partitions (to any worker of this source).
+    joined: bool,
     last_commit: Instant,
     duplicates: u64,
     min_ts: i64,
@@ -453,6 +462,7 @@ impl Consume {
         }
         if received > 0 {
             self.last_message = Instant::now();
+            self.joined = true;
             consumer
                 .context()
                 .link
@@ -466,12 +476,35 @@ impl Consume {
         if received > 0 {
             return Step::Busy;
         }
-        if let Some(limit) = self.settings.stop_after_idle
-            && self.last_message.elapsed() >= limit
-        {
-            return Step::Done;
+        if let Some(limit) = self.settings.stop_after_idle {
+            if !self.joined(consumer) {
+                return Step::Idle;
+            }
+            if self.last_message.elapsed() >= limit {
+                return Step::Done;
+            }
         }
         Step::Idle
+    }
+
+    /// Whether the group has given this source partitions yet. Until then `stop_after_idle`
+    /// does not count: joining a group can take a session timeout (a crashed member must
+    /// expire first). Idleness counts from the join; after [`JOIN_LIMIT`] it counts anyway.
+    fn joined(&mut self, consumer: &BaseConsumer<SourceContext>) -> bool {
+        if self.joined {
+            return true;
+        }
+        let assigned = self.common.joined.load(Ordering::Relaxed)
+            || consumer.assignment().is_ok_and(|a| a.count() > 0);
+        if assigned || self.created.elapsed() >= JOIN_LIMIT {
+            if !assigned {
+                tracing::warn!(component = %self.settings.name, "no partition assigned after {JOIN_LIMIT:?}; counting idleness anyway");
+            }
+            self.common.joined.store(true, Ordering::Relaxed);
+            self.joined = true;
+            self.last_message = Instant::now();
+        }
+        self.joined
     }
 
     fn take_message(&mut self, msg: &rdkafka::message::BorrowedMessage<'_>) {
@@ -642,3 +675,6 @@ impl Consume {
 
 /// How long a finished source waits for its sinks before it stops without committing the rest.
 const DRAIN_LIMIT: Duration = Duration::from_secs(60);
+
+/// How long `stop_after_idle` waits for the group to assign partitions before it counts.
+const JOIN_LIMIT: Duration = Duration::from_secs(90);

@@ -18,6 +18,7 @@ pub fn registry() -> Registry {
         .transform::<o::map::Map>("map", o::map::EXAMPLE)
         .transform::<o::window::Window>("window", o::window::EXAMPLE)
         .transform::<o::detect::Detect>("detect", o::detect::EXAMPLE)
+        .transform::<o::infer::Infer>("infer", o::infer::EXAMPLE)
         .transform::<o::fleet::Fleet>("fleet", o::fleet::EXAMPLE)
         .transform::<o::policy_rules::PolicyRules>("policy", o::policy_rules::EXAMPLE)
         .sink::<c::stdout::StdoutSink>("stdout", c::stdout::EXAMPLE)

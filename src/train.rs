@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use arrow::array::{Array, AsArray};
-use arrow::datatypes::{DataType, Float64Type};
+use arrow::datatypes::DataType;
 use clap::ValueEnum;
 use isthmus_connectors::simulator::SimulatorSource;
 use isthmus_engine::units::DurationSpec;
@@ -393,7 +393,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<TrainedModel> {
     let data = args.training_data()?;
     let config = args.config();
     eprintln!(
-        "training a {} (window {}, hidden {:?}) on {} readings of {:?} for {} epochs",
+        "training {} (window {}, hidden {:?}) on {} readings of {:?} for {} epochs",
         match config.kind {
             ModelKind::Autoencoder => "autoencoder",
             ModelKind::Forecaster => "forecaster",

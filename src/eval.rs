@@ -32,6 +32,7 @@ use isthmus_engine::{ConfigErrors, EngineError};
 use isthmus_eval::nab::{self, Corpus, ProfileResult, PublishedScore};
 use isthmus_eval::skab::{self, SENSOR_COLUMNS, SkabFile, SkabFileResult, SkabTotals};
 use isthmus_eval::{EvalError, report};
+use isthmus_models::{ModelKind, TrainConfig, TrainingData};
 
 /// Name of the source component in evaluation pipelines; detector fragments read from it
 /// through the `{input}` placeholder.
@@ -43,6 +44,10 @@ pub const INPUT_PLACEHOLDER: &str = "{input}";
 /// Placeholder in a detector fragment for the TOML array of the value columns to score
 /// (`["value"]` for NAB, the eight sensors for SKAB).
 pub const COLUMNS_PLACEHOLDER: &str = "{value_columns}";
+
+/// Placeholder in a detector fragment for the path (a TOML string) of the model trained for
+/// the recording (see [`Detector::training`]).
+pub const MODEL_PLACEHOLDER: &str = "{model}";
 
 /// The column the evaluation pipeline writes the detector's score to.
 const EVAL_SCORE_COLUMN: &str = "eval_score";
@@ -83,6 +88,13 @@ pub enum EvalRunError {
         /// What does not match.
         message: String,
     },
+    /// The detector's model could not be trained for a recording.
+    Training {
+        /// The recording.
+        recording: String,
+        /// What failed.
+        source: isthmus_models::ModelError,
+    },
     /// No detector has this name.
     UnknownDetector {
         /// The name asked for.
@@ -109,6 +121,9 @@ impl fmt::Display for EvalRunError {
             }
             EvalRunError::Io { path, source } => write!(f, "{}: {source}", path.display()),
             EvalRunError::Mismatch { recording, message } => write!(f, "{recording}: {message}"),
+            EvalRunError::Training { recording, source } => {
+                write!(f, "training the model for {recording}: {source}")
+            }
             EvalRunError::UnknownDetector { name, known } => {
                 write!(f, "unknown detector `{name}` (known: {})", known.join(", "))
             }
@@ -199,6 +214,10 @@ pub struct Detector {
     pub score_column: String,
     /// How the score becomes NAB's anomaly likelihood.
     pub likelihood: Likelihood,
+    /// A Burn model to train before running, which `{model}` in the fragment names: on NAB
+    /// one per series, on that series' probationary period (its first 15 %, the rows NAB
+    /// does not score); on SKAB one for all files, on the fault-free recording.
+    pub training: Option<TrainConfig>,
 }
 
 impl Detector {
@@ -215,12 +234,67 @@ impl Detector {
             output: "detector".to_string(),
             score_column: isthmus_operators::detect::SCORE_COLUMN.to_string(),
             likelihood: Likelihood::Saturating { half: 5.0 },
+            training: None,
+        }
+    }
+
+    /// The `infer` transform with a Burn model of `kind` trained for the recording (see
+    /// [`Detector::training`]), its score calibrated per recording by `infer`.
+    pub fn infer(kind: ModelKind) -> Self {
+        let (name, label, config) = match kind {
+            ModelKind::Autoencoder => (
+                "autoencoder",
+                "isthmus infer (Burn MLP autoencoder)",
+                TrainConfig {
+                    hidden: vec![16, 4],
+                    epochs: 40,
+                    ..TrainConfig::autoencoder(8)
+                },
+            ),
+            ModelKind::Forecaster => (
+                "forecaster",
+                "isthmus infer (Burn MLP forecaster)",
+                TrainConfig {
+                    hidden: vec![32, 16],
+                    epochs: 40,
+                    ..TrainConfig::forecaster(8)
+                },
+            ),
+        };
+        Detector {
+            name: name.to_string(),
+            label: label.to_string(),
+            fragment: format!(
+                "[transforms.detector]\ntype = \"infer\"\ninputs = [\"{INPUT_PLACEHOLDER}\"]\nmodel = {MODEL_PLACEHOLDER}\ncolumns = {COLUMNS_PLACEHOLDER}\n"
+            ),
+            output: "detector".to_string(),
+            score_column: "score".to_string(),
+            likelihood: Likelihood::Saturating { half: 5.0 },
+            training: Some(config),
         }
     }
 
     /// Every built-in detector.
     pub fn builtin() -> Vec<Detector> {
-        vec![Detector::detect()]
+        vec![
+            Detector::detect(),
+            Detector::infer(ModelKind::Autoencoder),
+            Detector::infer(ModelKind::Forecaster),
+        ]
+    }
+
+    /// Trains the detector's model (if it has one) on `data` and writes it to `dir`.
+    fn train(&self, recording: &str, data: &TrainingData, dir: &Path) -> Result<Option<PathBuf>> {
+        let Some(config) = &self.training else {
+            return Ok(None);
+        };
+        let failed = |source| EvalRunError::Training {
+            recording: recording.to_string(),
+            source,
+        };
+        let trained = isthmus_models::train(config.clone(), data, |_| {}).map_err(failed)?;
+        trained.save(dir).map_err(failed)?;
+        Ok(Some(dir.to_path_buf()))
     }
 
     /// The built-in detector called `name`.
@@ -236,11 +310,13 @@ impl Detector {
     }
 
     /// The fragment with its placeholders filled in.
-    fn transforms(&self, value_columns: &[&str]) -> String {
+    fn transforms(&self, value_columns: &[&str], model: Option<&Path>) -> String {
         let columns: Vec<String> = value_columns.iter().map(|c| toml_string(c)).collect();
+        let model = model.map_or_else(String::new, |m| toml_string(&m.to_string_lossy()));
         self.fragment
             .replace(INPUT_PLACEHOLDER, SOURCE_NAME)
             .replace(COLUMNS_PLACEHOLDER, &format!("[{}]", columns.join(", ")))
+            .replace(MODEL_PLACEHOLDER, &model)
     }
 }
 
@@ -257,6 +333,8 @@ pub struct Recording<'a> {
     pub timestamp_column: &'a str,
     /// The numeric columns the detector sees; the others (labels) are not read.
     pub value_columns: &'a [&'a str],
+    /// The model trained for this recording, if the detector has one.
+    pub model: Option<&'a Path>,
 }
 
 /// Quotes `text` as a TOML basic string.
@@ -315,7 +393,7 @@ path = {out}
         delimiter = toml_string(&recording.delimiter.to_string()),
         timestamp_column = toml_string(recording.timestamp_column),
         columns = columns.join(", "),
-        transforms = detector.transforms(recording.value_columns),
+        transforms = detector.transforms(recording.value_columns, recording.model),
         output = toml_string(&detector.output),
         score = toml_string(&score),
         out = toml_string(&out.to_string_lossy()),
@@ -531,12 +609,33 @@ pub fn eval_nab(nab_dir: &Path, detector: &Detector, threads: usize) -> Result<N
     let likelihoods = run_parallel(corpus.series.len(), threads, |i| {
         let series = &corpus.series[i];
         let path = nab_dir.join(&series.name);
+        let probation = nab::probation_length(series.values.len());
+        let normal: Vec<f32> = series.values[..probation]
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
+        let model = match &detector.training {
+            None => None,
+            Some(_) => {
+                let data = TrainingData::univariate(
+                    "value",
+                    &normal,
+                    format!("the probationary period of NAB {}", series.name),
+                )
+                .map_err(|source| EvalRunError::Training {
+                    recording: series.name.clone(),
+                    source,
+                })?;
+                detector.train(&series.name, &data, &work.0.join(format!("model-{i}")))?
+            }
+        };
         let recording = Recording {
             name: &series.name,
             path: &path,
             delimiter: ',',
             timestamp_column: "timestamp",
             value_columns: &["value"],
+            model: model.as_deref(),
         };
         let rows = run_detector(detector, &recording, &work.0)?;
         let scores = aligned_scores(&series.name, &series.timestamps, rows)?;
@@ -687,6 +786,28 @@ pub fn eval_skab(skab_dir: &Path, detector: &Detector, threads: usize) -> Result
     let files = skab::load_skab_dir(skab_dir)?;
     let work = WorkDir::new()?;
     let started = Instant::now();
+    let model = match &detector.training {
+        None => None,
+        Some(_) => {
+            let free = files.iter().find(|f| f.anomaly.is_none()).ok_or_else(|| {
+                EvalRunError::Mismatch {
+                    recording: skab_dir.display().to_string(),
+                    message: "no file without labels (anomaly-free/anomaly-free.csv) to train on"
+                        .to_string(),
+                }
+            })?;
+            let failed = |source| EvalRunError::Training {
+                recording: free.name.clone(),
+                source,
+            };
+            let names = SENSOR_COLUMNS.iter().map(|c| c.to_string()).collect();
+            let mut data = TrainingData::new(names, format!("the fault-free SKAB {}", free.name))
+                .map_err(failed)?;
+            let values: Vec<f32> = free.sensors.iter().flatten().map(|&v| v as f32).collect();
+            data.push_series(&values).map_err(failed)?;
+            detector.train(&free.name, &data, &work.0.join("model"))?
+        }
+    };
     let scores = run_parallel(files.len(), threads, |i| {
         let file = &files[i];
         let path = skab_dir.join(&file.name);
@@ -696,6 +817,7 @@ pub fn eval_skab(skab_dir: &Path, detector: &Detector, threads: usize) -> Result
             delimiter: ';',
             timestamp_column: "datetime",
             value_columns: &SENSOR_COLUMNS,
+            model: model.as_deref(),
         };
         let rows = run_detector(detector, &recording, &work.0)?;
         aligned_scores(&file.name, &file.timestamps, rows)
@@ -826,6 +948,7 @@ mod tests {
             delimiter: ';',
             timestamp_column: "datetime",
             value_columns: &["Volume Flow RateRMS", "Current"],
+            model: None,
         };
         let text = pipeline_toml(&Detector::detect(), &recording, Path::new("/tmp/out.csv"));
         assert!(

@@ -310,7 +310,10 @@ buffer = {{ type = "disk", path = "{}", max_bytes = "1 MiB" }}
     );
     let (code, err) = validate(&[&file]);
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("edge.toml:16") && err.contains("did you mean `device`"), "{err}");
+    assert!(
+        err.contains("edge.toml:14:1") && err.contains("did you mean `device`"),
+        "{err}"
+    );
     let run = Command::new(env!("CARGO_BIN_EXE_isthmus"))
         .arg("run")
         .arg(&file)

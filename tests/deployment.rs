@@ -22,7 +22,11 @@ fn compose() -> Yaml {
 
 fn str_list(y: &Yaml) -> Vec<String> {
     y.as_vec()
-        .map(|v| v.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+        .map(|v| {
+            v.iter()
+                .filter_map(|s| s.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -56,7 +60,11 @@ fn node_services(compose: &Yaml) -> Vec<NodeService> {
             continue;
         }
         let command = str_list(&service["command"]);
-        assert_eq!(command.first().map(String::as_str), Some("run"), "{name:?} runs pipelines");
+        assert_eq!(
+            command.first().map(String::as_str),
+            Some("run"),
+            "{name:?} runs pipelines"
+        );
         let files = command[1..]
             .iter()
             .filter(|a| a.ends_with(".toml"))
@@ -103,7 +111,8 @@ fn kafka_use(file: &Path, env: &BTreeMap<String, String>) -> KafkaUse {
     };
     for source in components("sources") {
         if source["type"].as_str() == Some("kafka") {
-            used.brokers.insert(source["brokers"].as_str().unwrap().to_string());
+            used.brokers
+                .insert(source["brokers"].as_str().unwrap().to_string());
             for t in source["topics"].as_array().unwrap() {
                 used.reads.insert(t.as_str().unwrap().to_string());
             }
@@ -111,8 +120,10 @@ fn kafka_use(file: &Path, env: &BTreeMap<String, String>) -> KafkaUse {
     }
     for sink in components("sinks") {
         if sink["type"].as_str() == Some("kafka") {
-            used.brokers.insert(sink["brokers"].as_str().unwrap().to_string());
-            used.writes.insert(sink["topic"].as_str().unwrap().to_string());
+            used.brokers
+                .insert(sink["brokers"].as_str().unwrap().to_string());
+            used.writes
+                .insert(sink["topic"].as_str().unwrap().to_string());
             if let Some(path) = sink.get("buffer").and_then(|b| b.get("path")) {
                 used.spools.insert(path.as_str().unwrap().to_string());
             }
@@ -135,7 +146,11 @@ fn compose_agrees_with_the_pipelines() {
         .find_map(|l| l.strip_prefix("KAFKA_VERSION=\"${KAFKA_VERSION:-"))
         .and_then(|l| l.strip_suffix("}\""))
         .expect("scripts/kafka.sh names its Kafka version");
-    assert_eq!(image, format!("apache/kafka:{tested}"), "compose runs the Kafka the tests run");
+    assert_eq!(
+        image,
+        format!("apache/kafka:{tested}"),
+        "compose runs the Kafka the tests run"
+    );
     let advertised = environment(kafka)["KAFKA_ADVERTISED_LISTENERS"].clone();
     let broker_address = advertised
         .strip_prefix("PLAINTEXT://")
@@ -160,7 +175,12 @@ fn compose_agrees_with_the_pipelines() {
     let mut spools = BTreeSet::new();
     for node in &nodes {
         for file in &node.files {
-            assert!(file.is_file(), "{}: {} does not exist", node.name, file.display());
+            assert!(
+                file.is_file(),
+                "{}: {} does not exist",
+                node.name,
+                file.display()
+            );
             // The pipeline validates with the service's environment.
             let out = Command::new(env!("CARGO_BIN_EXE_isthmus"))
                 .arg("validate")
@@ -178,9 +198,19 @@ fn compose_agrees_with_the_pipelines() {
             );
             let used = kafka_use(file, &node.env);
             for b in &used.brokers {
-                assert_eq!(b, &broker_address, "{}: {} names broker {b}", node.name, file.display());
+                assert_eq!(
+                    b,
+                    &broker_address,
+                    "{}: {} names broker {b}",
+                    node.name,
+                    file.display()
+                );
             }
-            assert!(node_ids.insert(used.node.clone()), "node id {} used twice", used.node);
+            assert!(
+                node_ids.insert(used.node.clone()),
+                "node id {} used twice",
+                used.node
+            );
             for s in &used.spools {
                 assert!(
                     s.starts_with("/spool/"),
@@ -201,6 +231,12 @@ fn compose_agrees_with_the_pipelines() {
             );
         }
     }
-    assert_eq!(reads, writes, "every topic read is written by some node, and the reverse");
-    assert_eq!(created, reads, "the init service creates exactly the topics in use");
+    assert_eq!(
+        reads, writes,
+        "every topic read is written by some node, and the reverse"
+    );
+    assert_eq!(
+        created, reads,
+        "the init service creates exactly the topics in use"
+    );
 }

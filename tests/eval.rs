@@ -183,6 +183,7 @@ fn a_detector_is_a_pipeline_fragment() {
         delimiter: ',',
         timestamp_column: "timestamp",
         value_columns: &["value"],
+        model: None,
     };
     let doubled = Detector {
         name: "detect-doubled".into(),
@@ -193,6 +194,7 @@ fn a_detector_is_a_pipeline_fragment() {
         output: "twice".into(),
         score_column: "doubled".into(),
         likelihood: Likelihood::Clamped,
+        training: None,
     };
     let work = std::env::temp_dir().join(format!("isthmus-eval-test-{}", std::process::id()));
     std::fs::create_dir_all(&work).unwrap();

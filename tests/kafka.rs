@@ -739,7 +739,21 @@ key = "device"
     publish(0, 500);
     std::thread::sleep(Duration::from_secs(2));
     mqtt.restart();
-    std::thread::sleep(Duration::from_secs(3)); // reconnected, subscribed again
+    // The restarted broker keeps no sessions (no persistence): what is published before the
+    // edge has reconnected and subscribed again has no subscriber. Wait for the reconnect
+    // (jittered backoff, so its delay varies), then for the subscription to be granted.
+    let reconnected = Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("link up")
+    {
+        assert!(
+            reconnected.elapsed() < Duration::from_secs(60),
+            "the edge did not reconnect to the restarted MQTT broker"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(1));
     publish(500, 1000);
     let status = wait(&mut child, Duration::from_secs(90));
     let text = std::fs::read_to_string(&log).unwrap_or_default();

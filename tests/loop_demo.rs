@@ -1,4 +1,4 @@
-//! The whole loop in one process: edge scores and forwards anomalies → cloud counts
+//! The whole loop in one process: edge scores with the shipped Burn model and forwards anomalies → cloud counts
 //! anomalous devices per line (differential) → policy rules → the edge's threshold for that
 //! line changes, live, and the edge forwards rows it would not have forwarded before.
 
@@ -17,6 +17,16 @@ fn cloud_policies_reach_the_edge_and_change_what_it_forwards() {
     assert!(
         edge.contains("realtime_speed = 2700.0"),
         "the shipped edge pipeline is paced"
+    );
+    // The copy runs from a temporary directory: point it at the shipped model.
+    let model = root.join("../../models/shipped/sim-autoencoder");
+    let edge = edge.replace(
+        "model = \"../../models/shipped/sim-autoencoder\"",
+        &format!("model = {:?}", model.display().to_string()),
+    );
+    assert!(
+        edge.contains("type = \"infer\""),
+        "the demo scores with the shipped model"
     );
     let archive = dir.path().join("forwarded.jsonl");
     let cloud = format!(

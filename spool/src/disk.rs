@@ -22,6 +22,10 @@ const LOCK_FILE: &str = "lock";
 const CURSOR_FILE: &str = "cursor";
 /// Temporary name the cursor is written under before being renamed into place.
 const CURSOR_TMP_FILE: &str = "cursor.tmp";
+/// Name of the file holding the spool's incarnation (see [`Spool::incarnation`]).
+const INCARNATION_FILE: &str = "incarnation";
+/// Temporary name the incarnation is written under before being renamed into place.
+const INCARNATION_TMP_FILE: &str = "incarnation.tmp";
 /// Directory (inside the spool directory) that receives corrupt segment data.
 pub const QUARANTINE_DIR: &str = "quarantine";
 /// Read buffer used when scanning or replaying segments.
@@ -142,8 +146,30 @@ pub struct Spool {
     space_freed: Condvar,
     /// Signalled when frames are appended (wakes a waiting sender).
     frames_added: Condvar,
+    /// Chosen when the directory was first used as a spool, kept across restarts.
+    incarnation: u64,
     /// Held open for the lifetime of the spool: the OS lock on it excludes other users.
     _lock_file: File,
+}
+
+/// Reads the spool's incarnation, or picks one (the current time in nanoseconds) and
+/// durably records it if this is the spool's first use.
+fn read_or_create_incarnation(dir: &Path) -> Result<u64, SpoolError> {
+    let file = dir.join(INCARNATION_FILE);
+    if let Ok(text) = fs::read_to_string(&file)
+        && let Ok(incarnation) = text.trim().parse::<u64>()
+    {
+        return Ok(incarnation);
+    }
+    let incarnation = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64);
+    let tmp = dir.join(INCARNATION_TMP_FILE);
+    fs::write(&tmp, incarnation.to_string())
+        .and_then(|_| File::open(&tmp).and_then(|f| f.sync_all()))
+        .and_then(|_| fs::rename(&tmp, &file))
+        .map_err(|e| SpoolError::io(format!("writing {}", file.display()), e))?;
+    Ok(incarnation)
 }
 
 impl Spool {
@@ -159,6 +185,7 @@ impl Spool {
             SpoolError::io(format!("creating spool directory {}", dir.display()), e)
         })?;
         let lock_file = lock_directory(&dir)?;
+        let incarnation = read_or_create_incarnation(&dir)?;
         let state = recover(&dir, &config)?;
         info!(
             dir = %dir.display(),
@@ -174,8 +201,16 @@ impl Spool {
             state: Mutex::new(state),
             space_freed: Condvar::new(),
             frames_added: Condvar::new(),
+            incarnation,
             _lock_file: lock_file,
         })
+    }
+
+    /// A number chosen when the directory was first used as a spool and kept across
+    /// restarts: with the frame sequence numbers it names a frame uniquely, so a consumer
+    /// can tell a replayed frame from a new one.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
     }
 
     /// The spool directory.
@@ -1327,7 +1362,16 @@ fn recover(dir: &Path, config: &SpoolConfig) -> Result<DiskState, SpoolError> {
         let path = entry.path();
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if [LOCK_FILE, CURSOR_FILE, CURSOR_TMP_FILE, QUARANTINE_DIR].contains(&name.as_ref()) {
+        if [
+            LOCK_FILE,
+            CURSOR_FILE,
+            CURSOR_TMP_FILE,
+            INCARNATION_FILE,
+            INCARNATION_TMP_FILE,
+            QUARANTINE_DIR,
+        ]
+        .contains(&name.as_ref())
+        {
             continue;
         }
         let Some(first_seq) = parse_segment_file_name(&name) else {

@@ -49,6 +49,34 @@ fn client_config(brokers: &str, user: &BTreeMap<String, String>) -> rdkafka::Cli
     config
 }
 
+/// Whether a client error means the link to the brokers is down (a refused or lost
+/// connection, an unresolvable address, or every broker unreachable).
+fn is_link_failure(error: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(Code::AllBrokersDown | Code::BrokerTransportFailure | Code::Resolve)
+    )
+}
+
+/// librdkafka's own log lines: connection failures repeat at every reconnect attempt and are
+/// already reported once per transition as "link down", so they go to `debug`; anything
+/// librdkafka calls critical or worse stays a warning.
+fn log_librdkafka(
+    client: &str,
+    level: rdkafka::config::RDKafkaLogLevel,
+    facility: &str,
+    message: &str,
+) {
+    use rdkafka::config::RDKafkaLogLevel as Level;
+    match level {
+        Level::Emerg | Level::Alert | Level::Critical => {
+            tracing::warn!("librdkafka {client} {facility}: {message}")
+        }
+        _ => tracing::debug!("librdkafka {client} {facility}: {message}"),
+    }
+}
+
 type Registry = Mutex<HashMap<String, Weak<dyn Any + Send + Sync>>>;
 static SHARED: LazyLock<Registry> = LazyLock::new(Default::default);
 

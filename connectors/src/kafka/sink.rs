@@ -4,7 +4,6 @@
 //! the spool holds them: the spool is replayed in order after an outage or a restart.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -368,7 +367,6 @@ impl Link {
                 when_full,
             } => {
                 let dir = cx.path(path);
-                let epoch = spool_epoch(&dir).map_err(|e| cx.error(e))?;
                 let config = SpoolConfig::new(max_bytes.0).with_when_full((*when_full).into());
                 let spool = Spool::open(&dir, config).map_err(|e| {
                     cx.error(format!("cannot open the spool `{}`: {e}", dir.display()))
@@ -377,6 +375,9 @@ impl Link {
                 if stats.frames > 0 || stats.quarantined_segments > 0 {
                     tracing::info!(component = %cx.name, frames = stats.frames, bytes = stats.bytes, quarantined = stats.quarantined_segments, "spool opened with messages to replay");
                 }
+                // Frame numbers continue across restarts of the spool; with its
+                // incarnation they name a message uniquely, so dedup sees replays.
+                let epoch = spool.incarnation();
                 let buffer = Buffer::Disk(spool);
                 (buffer, true, epoch)
             }
@@ -508,27 +509,6 @@ impl Drop for Link {
     }
 }
 
-/// The incarnation of a disk spool: created with it, kept in `<dir>/epoch`.
-fn spool_epoch(dir: &std::path::Path) -> Result<u64, String> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| format!("cannot create the spool `{}`: {e}", dir.display()))?;
-    let file: PathBuf = dir.join("epoch");
-    if let Ok(text) = std::fs::read_to_string(&file)
-        && let Ok(epoch) = text.trim().parse::<u64>()
-    {
-        return Ok(epoch);
-    }
-    let epoch = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as u64);
-    let tmp = dir.join("epoch.tmp");
-    std::fs::write(&tmp, epoch.to_string())
-        .and_then(|_| std::fs::File::open(&tmp).and_then(|f| f.sync_all()))
-        .and_then(|_| std::fs::rename(&tmp, &file))
-        .map_err(|e| format!("cannot write `{}`: {e}", file.display()))?;
-    Ok(epoch)
-}
-
 /// Delivery results from librdkafka's thread.
 #[derive(Default)]
 struct Acks {
@@ -545,11 +525,12 @@ struct SinkContext {
 }
 
 impl ClientContext for SinkContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        super::log_librdkafka("producer", level, facility, message);
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
-        if matches!(
-            error.rdkafka_error_code(),
-            Some(RDKafkaErrorCode::AllBrokersDown)
-        ) {
+        if super::is_link_failure(&error) {
             self.link
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())

@@ -309,12 +309,13 @@ struct SourceContext {
 }
 
 impl ClientContext for SourceContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        super::log_librdkafka("consumer", level, facility, message);
+    }
+
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         let mut link = self.link.lock().unwrap_or_else(|e| e.into_inner());
-        if matches!(
-            error.rdkafka_error_code(),
-            Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown)
-        ) {
+        if super::is_link_failure(&error) {
             link.down(reason);
         } else {
             tracing::debug!("kafka consumer: {error}: {reason}");

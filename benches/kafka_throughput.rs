@@ -11,7 +11,6 @@
 //! `scripts/kafka.sh`); under `cargo test` only part 1 runs, at a tiny size, as a smoke test.
 
 #[path = "../tests/support/brokers.rs"]
-#[allow(dead_code)]
 mod brokers;
 
 use std::path::{Path, PathBuf};

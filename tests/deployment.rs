@@ -102,12 +102,12 @@ fn kafka_use(file: &Path, env: &BTreeMap<String, String>) -> KafkaUse {
         node: table["node"]["id"].as_str().unwrap().to_string(),
         ..Default::default()
     };
-    let components = |kind: &str| {
+    let components = |kind: &str| -> Vec<toml::Table> {
         table
             .get(kind)
             .and_then(|t| t.as_table())
             .map(|t| t.values().filter_map(|c| c.as_table()).cloned().collect())
-            .unwrap_or_else(Vec::new)
+            .unwrap_or_default()
     };
     for source in components("sources") {
         if source["type"].as_str() == Some("kafka") {

@@ -325,6 +325,9 @@ impl ClientContext for SourceContext {
 
 impl ConsumerContext for SourceContext {}
 
+/// A (topic, partition) pair.
+type Partition = (Arc<str>, i32);
+
 /// Shared by the workers of one source.
 struct Common {
     /// The largest watermark of any worker (idle workers follow it).
@@ -408,9 +411,9 @@ struct Consume {
     /// (topic, partition, offset) of the messages in the batch being built.
     batch_offsets: Vec<(Arc<str>, i32, i64)>,
     /// Per (topic, partition): offsets emitted and the time they were sent at, in order.
-    pending: HashMap<(Arc<str>, i32), VecDeque<(i64, Time)>>,
+    pending: HashMap<Partition, VecDeque<(i64, Time)>>,
     /// Per (topic, partition): the next offset to commit (everything before is delivered).
-    committed: HashMap<(Arc<str>, i32), (i64, bool)>,
+    committed: HashMap<Partition, (i64, bool)>,
     max_seen: Option<i64>,
     last_message: Instant,
     /// When this consumer was created.

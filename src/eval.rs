@@ -993,7 +993,10 @@ mod tests {
     #[test]
     fn unknown_detector_lists_the_known_ones() {
         let e = Detector::named("nope").unwrap_err();
-        assert_eq!(e.to_string(), "unknown detector `nope` (known: detect)");
+        assert_eq!(
+            e.to_string(),
+            "unknown detector `nope` (known: detect, autoencoder, forecaster)"
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ use isthmus::eval::{
     run_detector,
 };
 use isthmus_eval::nab::score_all_profiles;
+use isthmus_models::ModelKind;
 
 fn data_dir() -> Option<PathBuf> {
     let dir = std::env::var_os("ISTHMUS_DATA")
@@ -170,6 +171,54 @@ fn skab_scores_detect_over_all_sensors() {
         report.contains("| isthmus detect (threshold p99.9) | 34 |"),
         "{report}"
     );
+}
+
+/// The Burn models (`infer`), each trained per recording by the evaluation: on NAB on each
+/// series' probationary period, on SKAB on the fault-free recording. Their scores are
+/// printed next to `detect`'s (`cargo test --test eval -- --nocapture`).
+#[test]
+fn burn_detectors_are_scored_on_nab_and_skab() {
+    let Some(data) = data_dir() else { return };
+    for kind in [ModelKind::Autoencoder, ModelKind::Forecaster] {
+        let detector = Detector::infer(kind);
+        let nab = eval_nab(&data.join("nab"), &detector, default_threads()).unwrap();
+        let [standard, low_fp, low_fn] = nab.results;
+        eprintln!(
+            "NAB {}: standard {:.1}, reward_low_FP {:.1}, reward_low_FN {:.1}",
+            detector.label, standard.score, low_fp.score, low_fn.score
+        );
+        for r in &nab.results {
+            assert_eq!(r.tp + r.fn_, 69, "{}", r.profile.name);
+            assert!(
+                (0.0..=100.0).contains(&r.score),
+                "{}: {}",
+                r.profile.name,
+                r.score
+            );
+        }
+        // It fires inside some windows at its best threshold: better than never firing.
+        assert!(standard.score > 0.0 && standard.tp > 0, "{standard:?}");
+        assert!(
+            nab.markdown()
+                .contains(&format!("| **{}** | ours |", detector.label))
+        );
+
+        let skab = eval_skab(&data.join("skab"), &detector, default_threads()).unwrap();
+        let main = skab.main_outcome();
+        let t = &main.totals;
+        let (precision, recall, f1) = (
+            t.confusion.precision().unwrap(),
+            t.confusion.recall().unwrap(),
+            t.confusion.f1().unwrap(),
+        );
+        eprintln!(
+            "SKAB {} (threshold {:.3}): precision {precision:.3}, recall {recall:.3}, F1 {f1:.3}, {}/{} segments",
+            detector.label, main.threshold, t.detected, t.segments
+        );
+        assert_eq!(main.files.len(), 34);
+        assert!(t.detected > 0, "no SKAB fault detected");
+        assert!(precision > 0.5, "{precision}");
+    }
 }
 
 /// A detector is a pipeline fragment: several transforms, any score column and mapping.

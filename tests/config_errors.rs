@@ -322,3 +322,46 @@ buffer = {{ type = "disk", path = "{}", max_bytes = "1 MiB" }}
     assert_eq!(run.status.code(), Some(2), "run refuses the file too");
     assert!(!spool.exists(), "the spool directory was created");
 }
+
+/// A file sink writing the file a source reads would truncate the input: refused.
+#[test]
+fn a_sink_may_not_overwrite_a_file_a_source_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("readings.csv");
+    std::fs::write(&data, "ts,value\n2024-01-01 00:00:00,1.0\n").unwrap();
+    let before = std::fs::read(&data).unwrap();
+    let file = write(
+        dir.path(),
+        "loop.toml",
+        r#"[node]
+id = "n"
+
+[sources.r]
+type = "csv"
+path = "readings.csv"
+timestamp_column = "ts"
+
+[sinks.out]
+type = "csv"
+inputs = ["r"]
+path = "./readings.csv"
+"#,
+    );
+    let (code, err) = validate(&[&file]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("loop.toml:12:1") && err.contains("`sources.r` reads"),
+        "{err}"
+    );
+    let run = Command::new(env!("CARGO_BIN_EXE_isthmus"))
+        .arg("run")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(2));
+    assert_eq!(
+        std::fs::read(&data).unwrap(),
+        before,
+        "the input is untouched"
+    );
+}

@@ -306,6 +306,10 @@ fn observe(record: &ByteRecord, numeric: &mut [bool], seen: &mut [bool]) {
 }
 
 impl Source for CsvSource {
+    fn reads_file(&self) -> Option<String> {
+        Some(self.path.clone())
+    }
+
     fn schemas(&self, cx: &CheckContext<'_>) -> Result<Outputs<SchemaRef>, Problem> {
         let plan = self.plan(&cx.path(&self.path))?;
         Ok(Outputs::main(plan.schema).with_side(DEAD_LETTER, dead_letter_schema()))

@@ -79,6 +79,10 @@ enum Format {
 }
 
 impl Sink for JsonlSink {
+    fn writes_file(&self) -> Option<String> {
+        Some(self.path.clone())
+    }
+
     fn check(&self, _input: &SchemaRef, cx: &CheckContext<'_>) -> Result<(), Problem> {
         check_path(&cx.path(&self.path))
     }
@@ -89,6 +93,10 @@ impl Sink for JsonlSink {
 }
 
 impl Sink for CsvSink {
+    fn writes_file(&self) -> Option<String> {
+        Some(self.path.clone())
+    }
+
     fn check(&self, _input: &SchemaRef, cx: &CheckContext<'_>) -> Result<(), Problem> {
         check_path(&cx.path(&self.path))
     }

@@ -196,6 +196,10 @@ impl JsonlSource {
 }
 
 impl Source for JsonlSource {
+    fn reads_file(&self) -> Option<String> {
+        Some(self.path.clone())
+    }
+
     fn schemas(&self, cx: &CheckContext<'_>) -> Result<Outputs<SchemaRef>, Problem> {
         let plan = self.plan(&cx.path(&self.path))?;
         Ok(Outputs::main(plan.schema).with_side(DEAD_LETTER, dead_letter_schema()))

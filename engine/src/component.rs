@@ -184,6 +184,11 @@ pub trait Source: Send + Sync + 'static {
     fn reads_channel(&self) -> Option<String> {
         None
     }
+    /// The file it reads, as written in its config (relative to the pipeline file), if it
+    /// reads one: validation refuses a sink that would overwrite it.
+    fn reads_file(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A transform: consumes the union of its inputs (which share one schema) and produces a
@@ -215,6 +220,11 @@ pub trait Sink: Send + Sync + 'static {
     }
     /// The in-process channel it writes, if it is a channel sink.
     fn writes_channel(&self) -> Option<String> {
+        None
+    }
+    /// The file it writes, as written in its config (relative to the pipeline file), if it
+    /// writes one.
+    fn writes_file(&self) -> Option<String> {
         None
     }
 }

@@ -325,6 +325,48 @@ fn check(spec: &PipelineSpec, channels: &BTreeMap<String, SchemaRef>) -> Checked
     (order, schemas, errors)
 }
 
+/// `path` (relative to `base_dir`) as one spelling per file: canonical when it exists.
+fn resolved_file(base_dir: &std::path::Path, path: &str) -> std::path::PathBuf {
+    let joined = base_dir.join(path);
+    joined
+        .canonicalize()
+        .unwrap_or_else(|_| std::path::absolute(&joined).unwrap_or(joined))
+}
+
+/// Sinks that would write a file a source of the same run reads: the sink truncates it
+/// before the source has read it all, so the input would be lost.
+fn overwritten_inputs(specs: &[PipelineSpec]) -> Vec<ConfigError> {
+    let mut read = BTreeMap::new();
+    for spec in specs {
+        for c in &spec.components {
+            if let ComponentConfig::Source(s) = &c.config
+                && let Some(path) = s.reads_file()
+            {
+                read.insert(resolved_file(&spec.base_dir, &path), c.path());
+            }
+        }
+    }
+    let mut errors = Vec::new();
+    for spec in specs {
+        for c in &spec.components {
+            if let ComponentConfig::Sink(s) = &c.config
+                && let Some(path) = s.writes_file()
+                && let Some(source) = read.get(&resolved_file(&spec.base_dir, &path))
+            {
+                let span = c.key_spans.get("path").cloned().unwrap_or(c.span.clone());
+                let mut e = spec.error(
+                    span,
+                    format!("{}.path", c.path()),
+                    format!("`{path}` is the file that `{source}` reads: writing it would destroy the input"),
+                );
+                e.help = Some("write the output to another file".to_string());
+                errors.push(e);
+            }
+        }
+    }
+    errors
+}
+
 /// Validates pipelines that run together: each alone, then channels and node ids across
 /// them. Every problem of every file is reported.
 pub fn validate_all(specs: Vec<PipelineSpec>) -> Result<Vec<Plan>, ConfigErrors> {
@@ -347,6 +389,7 @@ pub fn validate_all(specs: Vec<PipelineSpec>) -> Result<Vec<Plan>, ConfigErrors>
         channels = learned;
     }
     let mut errors = channel_errors;
+    errors.extend(overwritten_inputs(&specs));
     let mut plans = Vec::new();
     for (spec, (order, schemas, errs)) in specs.into_iter().zip(results) {
         if errs.is_empty() {

@@ -83,7 +83,8 @@ enum Benchmark {
 
 #[derive(clap::Args)]
 struct EvalOptions {
-    /// Folder holding `nab/` and `skab/` [default: $ISTHMUS_DATA, else ../shared/data].
+    /// Folder holding `nab/` and `skab/` [default: $ISTHMUS_DATA, else ../shared/data
+    /// relative to the current directory].
     #[arg(long)]
     data: Option<PathBuf>,
     /// The detector to score.
@@ -128,10 +129,14 @@ enum Format {
     Mermaid,
 }
 
+/// Warnings, plus each link's up/down transitions (a link coming back is `info`).
+const DEFAULT_LOG_FILTER: &str = "warn,isthmus_connectors::link=info";
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| DEFAULT_LOG_FILTER.into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

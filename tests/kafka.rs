@@ -797,3 +797,56 @@ key = "device"
         "lost MQTT messages, e.g. {missing:?}:\n{text}"
     );
 }
+
+/// A second edge pointed at a spool another process holds fails at start, at once and
+/// with the reason, instead of running without a sink until its sources end.
+#[test]
+fn a_spool_held_by_another_process_fails_the_second_edge_at_start() {
+    let dir = workdir("spool-lock");
+    let spool = dir.path().join("spool");
+    let pipeline = |node: &str| {
+        let path = dir.path().join(format!("{node}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                r#"[node]
+id = "{node}"
+
+[sources.sim]
+type = "simulator"
+devices = 2
+duration = "1h"
+realtime_speed = 120.0
+
+[sinks.to_cloud]
+type = "kafka"
+inputs = ["sim"]
+brokers = "127.0.0.1:9"
+topic = "lock.readings"
+buffer = {{ type = "disk", path = "{}", max_bytes = "1 MiB" }}
+"#,
+                spool.display()
+            ),
+        )
+        .expect("pipeline");
+        path
+    };
+    let first_log = dir.path().join("first.log");
+    let mut first = spawn(&[&pipeline("edge-a")], &first_log);
+    let started = Instant::now();
+    while !spool.join("lock").exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the first edge never opened its spool"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let second_log = dir.path().join("second.log");
+    let mut second = spawn(&[&pipeline("edge-b")], &second_log);
+    let status = wait(&mut second, Duration::from_secs(20));
+    let text = std::fs::read_to_string(&second_log).unwrap_or_default();
+    assert!(!status.success(), "the second edge must fail:\n{text}");
+    assert!(text.contains("cannot open the spool"), "{text}");
+    let _ = first.kill();
+    let _ = first.wait();
+}

@@ -62,7 +62,7 @@ const ROWS_PER_ACTIVATION: usize = 1 << 16;
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SimulatorSource {
-    /// Number of devices in the fleet. Default 100.
+    /// Number of devices in the fleet, 1 to 1,000,000. Default 100.
     #[serde(default = "default_devices")]
     pub devices: usize,
     /// Number of plants; devices are spread evenly over all lines. Default 2.
@@ -181,6 +181,9 @@ struct Params {
     realtime_speed: Option<f64>,
 }
 
+/// The largest fleet one simulator source simulates (each device keeps its own state).
+pub const MAX_DEVICES: usize = 1_000_000;
+
 impl SimulatorSource {
     fn params(&self) -> Result<Params, Problem> {
         if self.devices == 0 {
@@ -188,6 +191,16 @@ impl SimulatorSource {
                 Problem::at("devices", "the fleet needs at least one device")
                     .with_help("set `devices = 1` or more"),
             );
+        }
+        if self.devices > MAX_DEVICES {
+            return Err(Problem::at(
+                "devices",
+                format!(
+                    "{} devices is more than the simulator's {MAX_DEVICES}",
+                    self.devices
+                ),
+            )
+            .with_help("run several simulators, or several edge nodes, for a larger fleet"));
         }
         if self.plants == 0 {
             return Err(Problem::at("plants", "there must be at least one plant"));

@@ -144,7 +144,7 @@ pub fn run(nodes: &[Node], options: &RunOptions) -> Result<RunReport, EngineErro
                     timely::Config::process(workers)
                 };
                 let guards = timely::execute(config, move |worker| {
-                    worker.dataflow::<Time, _, _>(|scope| {
+                    let built = worker.dataflow::<Time, _, _>(|scope| {
                         let shared = Shared {
                             plan: &plan,
                             node: &spec,
@@ -155,7 +155,14 @@ pub fn run(nodes: &[Node], options: &RunOptions) -> Result<RunReport, EngineErro
                             delivery: &delivery,
                         };
                         build_graph(scope, &shared).map_err(|e| e.to_string())
-                    })
+                    });
+                    if built.is_err() {
+                        // A component could not start (a spool in use, say): stop the
+                        // sources already built so the run ends now with the error, not
+                        // when the sources run out.
+                        shutdown.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    built
                 })
                 .map_err(EngineError::Internal)?;
                 for result in guards.join() {

@@ -188,7 +188,17 @@ impl KafkaSink {
 }
 
 impl Sink for KafkaSink {
-    fn check(&self, input: &SchemaRef, _cx: &CheckContext<'_>) -> Result<(), Problem> {
+    fn check(&self, input: &SchemaRef, cx: &CheckContext<'_>) -> Result<(), Problem> {
+        if let BufferConfig::Disk { path, .. } = &self.buffer {
+            let dir = cx.base_dir.join(path);
+            if dir.exists() && !dir.is_dir() {
+                return Err(Problem::at(
+                    "buffer.path",
+                    format!("`{}` exists and is not a directory", dir.display()),
+                )
+                .with_help("a disk spool is a directory of its own; name one that does not exist yet or is a spool"));
+            }
+        }
         self.check_config(Some(input))
     }
 

@@ -271,6 +271,13 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     );
                 }
             }
+            let lost: u64 = report.nodes.iter().map(|n| n.undelivered).sum();
+            if lost > 0 {
+                eprintln!(
+                    "error: {lost} message(s) were accepted by a sink but never delivered (see the summary)"
+                );
+                return Ok(ExitCode::FAILURE);
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

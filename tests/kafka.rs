@@ -850,3 +850,32 @@ buffer = {{ type = "disk", path = "{}", max_bytes = "1 MiB" }}
     let _ = first.kill();
     let _ = first.wait();
 }
+
+/// Messages a memory buffer could not deliver before the node stopped are reported as
+/// lost, and the run fails: never a clean exit after losing data.
+#[test]
+fn undelivered_messages_of_a_memory_buffer_fail_the_run() {
+    let dir = workdir("undelivered");
+    let events = dir.path().join("events.jsonl");
+    write_events(&events, 0, 50);
+    let edge = edge_pipeline(
+        dir.path(),
+        "edge-lost",
+        &events,
+        "127.0.0.1:9",
+        "lost.readings",
+        "json",
+        r#"{ type = "memory", max_bytes = "1 MiB" }"#,
+    );
+    let text = std::fs::read_to_string(&edge).unwrap();
+    std::fs::write(
+        &edge,
+        text.replace("drain_timeout = \"120s\"", "drain_timeout = \"2s\""),
+    )
+    .unwrap();
+    let output = isthmus().arg("run").arg(&edge).output().expect("run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("UNDELIVERED (lost)"), "{stderr}");
+    assert!(stderr.contains("never delivered"), "{stderr}");
+}

@@ -35,6 +35,9 @@ pub struct ComponentMetrics {
     pub dead_letters: AtomicU64,
     /// Rows behind the watermark by more than the allowed lateness.
     pub late: AtomicU64,
+    /// Messages a sink accepted but could not deliver before the node stopped (a memory
+    /// buffer the broker never acknowledged): lost.
+    pub undelivered: AtomicU64,
     /// Per-row latency from source read to this sink, in microseconds.
     pub latency_us: Mutex<Histogram<u64>>,
 }
@@ -53,6 +56,7 @@ impl ComponentMetrics {
             bytes_out: AtomicU64::new(0),
             dead_letters: AtomicU64::new(0),
             late: AtomicU64::new(0),
+            undelivered: AtomicU64::new(0),
             latency_us: Mutex::new(
                 Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"),
             ),
@@ -118,6 +122,8 @@ pub struct NodeSummary {
     pub dead_letters: u64,
     /// Late rows anywhere in the node.
     pub late: u64,
+    /// Messages sinks accepted but could not deliver (lost).
+    pub undelivered: u64,
     /// Policy changes applied to this node.
     pub policy_applied: u64,
     /// Policy changes refused by this node.
@@ -166,6 +172,7 @@ impl NodeSummary {
             }
             s.dead_letters += g(&c.dead_letters);
             s.late += g(&c.late);
+            s.undelivered += g(&c.undelivered);
         }
         if !merged.is_empty() {
             s.latency_p50_us = merged.value_at_quantile(0.5);
@@ -226,6 +233,13 @@ impl NodeSummary {
         }
         let _ = writeln!(out, "  dead-lettered        {:>12}", self.dead_letters);
         let _ = writeln!(out, "  late                 {:>12}", self.late);
+        if self.undelivered > 0 {
+            let _ = writeln!(
+                out,
+                "  UNDELIVERED (lost)   {:>12} messages",
+                self.undelivered
+            );
+        }
         let _ = writeln!(
             out,
             "  policy changes       {:>12} applied, {} refused",

@@ -272,7 +272,7 @@ impl Sink for KafkaSink {
             }
             if time == Time::MAX && !finished {
                 finished = true;
-                link.drain(drain_timeout, &shutdown, &name);
+                link.drain(drain_timeout, &shutdown, &name, &metrics);
             }
         });
         Ok(())
@@ -485,7 +485,13 @@ impl Link {
     }
 
     /// Waits until the buffer is empty, the timeout passes, or the process stops.
-    fn drain(&self, timeout: Duration, shutdown: &AtomicBool, name: &str) {
+    fn drain(
+        &self,
+        timeout: Duration,
+        shutdown: &AtomicBool,
+        name: &str,
+        metrics: &ComponentMetrics,
+    ) {
         let started = Instant::now();
         while self.buffer.stats().frames > 0 {
             if started.elapsed() >= timeout || shutdown.load(Ordering::Relaxed) {
@@ -493,6 +499,7 @@ impl Link {
                 if self.disk {
                     tracing::warn!(component = %name, "{left} messages stay in the spool; they are sent at the next start");
                 } else {
+                    ComponentMetrics::add(&metrics.undelivered, left);
                     tracing::error!(component = %name, "{left} messages were not acknowledged by the broker and are lost (use a disk buffer to keep them)");
                 }
                 return;

@@ -31,8 +31,12 @@ pub struct CalibratorConfig {
     pub warmup: u32,
     /// Winsorisation bound of updates, in standard deviations.
     pub clip_z: f32,
-    /// Smallest standard deviation of the log score.
+    /// Smallest standard deviation of the (log) score.
     pub min_std: f32,
+    /// Calibrate `ln(score)` (true, the default: errors are right-skewed, and their log is
+    /// close to symmetric) or the score itself (false: keeps a spike ten times the usual
+    /// error ten deviations away, where the log puts it about two away).
+    pub log_scale: bool,
 }
 
 impl Default for CalibratorConfig {
@@ -42,6 +46,7 @@ impl Default for CalibratorConfig {
             warmup: 50,
             clip_z: 3.0,
             min_std: 0.05,
+            log_scale: true,
         }
     }
 }
@@ -113,7 +118,11 @@ impl Calibrator {
         if key >= self.keys.len() {
             self.keys.resize(key + 1, KeyState::default());
         }
-        let x = (raw.max(0.0) + LOG_EPSILON).ln();
+        let x = if self.config.log_scale {
+            (raw.max(0.0) + LOG_EPSILON).ln()
+        } else {
+            raw.max(0.0)
+        };
         let config = self.config;
         let alpha = self.alpha;
         let state = &mut self.keys[key];

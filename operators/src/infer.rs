@@ -109,6 +109,21 @@ pub struct CalibrationSettings {
     /// Scored rows per key that only feed the statistics (their score is 0). Default: 50.
     #[serde(default = "default_warmup")]
     pub warmup: u32,
+    /// Calibrate the logarithm of the model's error (`"log"`, the default: suits skewed
+    /// errors) or the error itself (`"linear"`: a spike stays far from the usual error).
+    #[serde(default)]
+    pub scale: CalibrationScale,
+}
+
+/// The scale `infer` calibrates model errors on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CalibrationScale {
+    /// The logarithm of the error.
+    #[default]
+    Log,
+    /// The error itself.
+    Linear,
 }
 
 impl Default for CalibrationSettings {
@@ -116,6 +131,7 @@ impl Default for CalibrationSettings {
         Self {
             half_life: default_half_life(),
             warmup: default_warmup(),
+            scale: CalibrationScale::default(),
         }
     }
 }
@@ -424,6 +440,7 @@ impl Scorer {
         let calibrator = Calibrator::new(CalibratorConfig {
             half_life: config.calibration.half_life as f32,
             warmup: config.calibration.warmup,
+            log_scale: config.calibration.scale == CalibrationScale::Log,
             ..CalibratorConfig::default()
         });
         let adapt = config.adapt.as_ref().map(|a| {
@@ -872,6 +889,7 @@ mod tests {
             calibration: CalibrationSettings {
                 half_life: 500.0,
                 warmup: 30,
+                scale: CalibrationScale::Log,
             },
             adapt: None,
             small_batch_rows: DEFAULT_SMALL_BATCH_ROWS,
@@ -1182,6 +1200,7 @@ mod tests {
             calibration: CalibrationSettings {
                 half_life: 0.0,
                 warmup: 1,
+                scale: CalibrationScale::Log,
             },
             ..infer()
         });

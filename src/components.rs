@@ -14,6 +14,7 @@ pub fn registry() -> Registry {
         .source::<c::channel::ChannelSource>("channel", c::channel::SOURCE_EXAMPLE)
         .source::<c::kafka::source::KafkaSource>("kafka", c::kafka::source::EXAMPLE)
         .source::<c::mqtt::MqttSource>("mqtt", c::mqtt::EXAMPLE)
+        .source::<c::policy_acks::PolicyAcksSource>("policy_acks", c::policy_acks::EXAMPLE)
         .transform::<o::filter::Filter>("filter", o::filter::EXAMPLE)
         .transform::<o::map::Map>("map", o::map::EXAMPLE)
         .transform::<o::window::Window>("window", o::window::EXAMPLE)

@@ -55,6 +55,17 @@ enum Command {
     },
     /// Print the reference of every component type (generated from their config structs).
     Docs,
+    /// Make an ed25519 key pair for signing policy changes: `DIR/NAME.key` (secret, for the
+    /// cloud's `policy` transform `signing_key`) and `DIR/NAME.pub` (for the edges'
+    /// `[policy] trusted_keys`). Never overwrites a key.
+    Keygen {
+        /// Directory to write the pair to.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// Name of the pair: the files are NAME.key and NAME.pub.
+        #[arg(long, default_value = "cloud")]
+        name: String,
+    },
     /// Train an anomaly model (autoencoder or forecaster) on normal-operation data and
     /// write the artifact directory that the `infer` transform loads.
     Train(train::TrainArgs),
@@ -219,6 +230,17 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Train(args) => {
             train::run(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keygen { out: dir, name } => {
+            let signer = isthmus_engine::signing::PolicySigner::generate();
+            let (secret, public) = signer.write_pair(&dir, &name)?;
+            out(&format!(
+                "secret key: {} (keep it on the cloud node only: `signing_key` of its `policy` transform)\npublic key: {} = {}\n  (list it in every edge's [policy] trusted_keys)\n",
+                secret.display(),
+                public.display(),
+                signer.public_key()
+            ))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Docs => {

@@ -9,7 +9,8 @@
 //! | `stdout` | sink | prints rows |
 //! | `jsonl`, `csv` | sink | writes files |
 //! | `null` | sink | discards rows (benchmarks) |
-//! | `reconfigure` | sink | applies a policy stream to this node's `[policy]` |
+//! | `reconfigure` | sink | applies a (signed) policy stream to this node's `[policy]` |
+//! | `policy_acks` | source | this node's acknowledgements of remote policy changes |
 //! | `kafka` | source, sink | Kafka topics (json, csv, arrow+lz4), end-to-end acknowledgements, disk spool |
 //! | `mqtt` | source | MQTT topic filters, QoS 0/1, JSON payloads |
 
@@ -21,6 +22,7 @@ pub mod kafka;
 pub mod link;
 pub mod mqtt;
 pub mod null;
+pub mod policy_acks;
 pub mod reconfigure;
 pub mod replay;
 pub mod simulator;

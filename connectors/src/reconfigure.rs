@@ -1,17 +1,24 @@
 //! `reconfigure` sink: applies a policy stream (the output of a `policy` transform,
-//! usually received from the cloud over a channel) to this node's live `[policy]`.
+//! received from the cloud over Kafka or a channel) to this node's live `[policy]`.
 //!
 //! Changes take effect atomically, from the next batch of every operator that reads the
-//! policy. Changes to tunables not declared by this node, or not listed in `[policy]
-//! remote`, are refused: each refusal is logged and counted as a dead letter.
+//! policy. When the node lists `[policy] trusted_keys`, a change must carry a valid
+//! signature by one of them. Changes addressed to another node are skipped. Changes that are
+//! unsigned, forged, signed by an untrusted key, stale, replayed, or to tunables not
+//! declared by this node or not listed in `[policy] remote` are refused: each refusal is
+//! logged and counted as a dead letter. Every change received is acknowledged to the node's
+//! `policy_acks` source, if it has one.
 
 use std::sync::Arc;
 
+use arrow::array::{Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, SchemaRef};
 use isthmus_engine::batch::{Batch, BatchStream, Time};
 use isthmus_engine::policy::{
-    PolicyChange, PolicySnapshot, PolicyValue, batch_to_changes, policy_change_schema,
+    NODE_COLUMN, PolicyAck, PolicyChange, PolicySnapshot, PolicyStore, PolicyValue, Refusal,
+    SIGNATURE_COLUMN, SIGNER_COLUMN, batch_to_changes, policy_change_schema,
 };
+use isthmus_engine::signing::{ALL_NODES, SignedFields};
 use isthmus_engine::telemetry::ComponentMetrics;
 use isthmus_engine::{BuildContext, CheckContext, EngineError, Problem, Sink, TIME_COLUMN};
 use schemars::JsonSchema;
@@ -46,8 +53,13 @@ log_changes = true
 /// Applies a policy stream (the output of a `policy` transform) to this node's live
 /// `[policy]`: operators using `${policy.NAME}` see a change from their next batch on.
 ///
-/// Only tunables listed in `[policy] remote` may be changed; other changes are refused,
-/// logged as warnings and counted as dead letters.
+/// Only tunables listed in `[policy] remote` may be changed. When the node lists `[policy]
+/// trusted_keys`, only changes signed by one of them apply (the input then needs the
+/// `signer` and `signature` columns of a signing `policy` transform). A change older than
+/// the version already applied to its tunable and scope (stale) or applied before (replay)
+/// is refused too. Refusals are logged as warnings and counted as dead letters; rows whose
+/// `node` column names another node are skipped. A `policy_acks` source in the same node
+/// emits what happened to each change.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReconfigureSink {
@@ -94,6 +106,85 @@ fn coerce(changes: &mut [PolicyChange], snapshot: &PolicySnapshot) {
     }
 }
 
+/// Applies the changes of one policy-stream batch addressed to `node` (or to every node),
+/// after checking their signatures when the node trusts keys, and returns what happened to
+/// each of them. Changes addressed to other nodes are skipped without an acknowledgement.
+fn receive(
+    batch: &RecordBatch,
+    node: &str,
+    policy: &PolicyStore,
+    snapshot: &PolicySnapshot,
+) -> Result<Vec<PolicyAck>, String> {
+    let mut changes = batch_to_changes(batch)?;
+    let text = |name: &str| -> Result<Option<&StringArray>, String> {
+        match batch.column_by_name(name) {
+            None => Ok(None),
+            Some(c) => c
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .map(Some)
+                .ok_or_else(|| format!("policy stream column `{name}` is not text")),
+        }
+    };
+    let nodes = text(NODE_COLUMN)?;
+    let signers = text(SIGNER_COLUMN)?;
+    let signatures = text(SIGNATURE_COLUMN)?;
+    let values = text("value")?.ok_or("policy stream lacks column `value`")?;
+    fn cell(column: Option<&StringArray>, i: usize) -> Option<&str> {
+        column.and_then(|c| (!c.is_null(i)).then(|| c.value(i)))
+    }
+    let trusted = policy.trusted_keys();
+    // Per change addressed here: `None` to apply, or why it is refused unseen.
+    let mut mine: Vec<(PolicyChange, Option<Refusal>)> = Vec::new();
+    for (i, change) in changes.drain(..).enumerate() {
+        let to = cell(nodes, i).unwrap_or(ALL_NODES);
+        if to != ALL_NODES && to != node {
+            continue;
+        }
+        let refusal = if trusted.is_empty() {
+            None
+        } else {
+            let fields = SignedFields {
+                node: to,
+                policy: &change.name,
+                scope_key: change.scope.as_ref().map(|s| s.key.as_str()),
+                scope_value: change.scope.as_ref().map(|s| s.value.as_str()),
+                value: values.value(i),
+                diff: change.diff,
+                version: change.version,
+            };
+            trusted
+                .verify(&fields, cell(signers, i), cell(signatures, i))
+                .err()
+                .map(Refusal::from)
+        };
+        mine.push((change, refusal));
+    }
+    let mut to_apply: Vec<PolicyChange> = mine
+        .iter()
+        .filter(|(_, r)| r.is_none())
+        .map(|(c, _)| c.clone())
+        .collect();
+    coerce(&mut to_apply, snapshot);
+    let report = policy.apply(&to_apply);
+    let mut outcomes = to_apply.into_iter().zip(report.outcomes);
+    let unseen = mine.iter().filter(|(_, r)| r.is_some()).count();
+    policy.count_refused(unseen as u64);
+    Ok(mine
+        .into_iter()
+        .map(|(change, refusal)| match refusal {
+            Some(refusal) => PolicyAck {
+                change,
+                refusal: Some(refusal),
+            },
+            None => {
+                let (change, refusal) = outcomes.next().expect("one outcome per change");
+                PolicyAck { change, refusal }
+            }
+        })
+        .collect())
+}
+
 impl Sink for ReconfigureSink {
     fn check(&self, input: &SchemaRef, _cx: &CheckContext<'_>) -> Result<(), Problem> {
         let expected = policy_change_schema();
@@ -131,6 +222,9 @@ impl Sink for ReconfigureSink {
         let log_changes = self.log_changes;
         let mut pending: Vec<(Time, Batch)> = Vec::new();
         let mut delivery = cx.delivery_reporter();
+        let node = cx.node.id.clone();
+        policy.open_ack_writer();
+        let mut closed = false;
         // One worker applies every change, in the order of their times.
         input.sink(Exchange::new(|_: &Batch| 0), &cx.name, move |(input, frontier)| {
             input.for_each_stamp(|cap, data| {
@@ -140,34 +234,43 @@ impl Sink for ReconfigureSink {
                 }
             });
             if pending.is_empty() {
+                if frontier.frontier().is_empty() && !closed {
+                    closed = true;
+                    policy.close_ack_writer();
+                }
                 delivery.delivered_through_frontier(&frontier.frontier());
                 return;
             }
             pending.sort_by_key(|(t, _)| *t);
             for (_, batch) in pending.drain(..) {
-                let mut changes = match batch_to_changes(&batch.data) {
-                    Ok(changes) => changes,
+                let snapshot = policy.snapshot();
+                let acks = match receive(&batch.data, &node, &policy, &snapshot) {
+                    Ok(acks) => acks,
                     Err(e) => {
                         ComponentMetrics::add(&metrics.dead_letters, batch.num_rows() as u64);
                         tracing::warn!(component = %name, "policy batch of {} rows ignored: {e}", batch.num_rows());
                         continue;
                     }
                 };
-                if changes.is_empty() {
-                    continue;
-                }
-                coerce(&mut changes, &policy.snapshot());
-                let report = policy.apply(&changes);
-                if log_changes && report.applied > 0 {
-                    let refused: Vec<&PolicyChange> = report.refused.iter().map(|(c, _)| c).collect();
-                    for change in changes.iter().filter(|c| !refused.contains(c)) {
-                        tracing::info!(component = %name, version = policy.version(), "policy change applied: {}", describe(change));
+                let mut refused = 0;
+                for ack in &acks {
+                    match &ack.refusal {
+                        None if log_changes => {
+                            tracing::info!(component = %name, version = policy.version(), "policy change applied: {}", describe(&ack.change));
+                        }
+                        None => {}
+                        Some(reason) => {
+                            refused += 1;
+                            tracing::warn!(component = %name, "policy change refused: {}: {reason}", describe(&ack.change));
+                        }
                     }
                 }
-                for (change, reason) in &report.refused {
-                    tracing::warn!(component = %name, "policy change refused: {}: {reason}", describe(change));
-                }
-                ComponentMetrics::add(&metrics.dead_letters, report.refused.len() as u64);
+                ComponentMetrics::add(&metrics.dead_letters, refused);
+                policy.record_acks(acks);
+            }
+            if frontier.frontier().is_empty() && !closed {
+                closed = true;
+                policy.close_ack_writer();
             }
             delivery.delivered_through_frontier(&frontier.frontier());
         });
@@ -181,7 +284,10 @@ mod tests {
     use std::sync::atomic::Ordering;
 
     use arrow::datatypes::{DataType, Field, Schema};
-    use isthmus_engine::policy::{PolicyScope, PolicyStore, changes_to_batch};
+    use isthmus_engine::policy::{
+        PolicyScope, changes_to_batch, signed_changes_to_batch, signed_policy_change_schema,
+    };
+    use isthmus_engine::signing::{PolicySigner, TrustedKeys};
     use isthmus_engine::spec::{NodeSpec, Role};
     use isthmus_engine::testing::Harness;
 
@@ -278,6 +384,139 @@ mod tests {
                 .is_empty()
         );
         assert_eq!(harness.metrics.dead_letters.load(Ordering::Relaxed), 0);
+    }
+
+    /// Runs a reconfigure sink on a node `test-node` that trusts `trusted`, over `input`.
+    fn run_signed(
+        trusted: &PolicySigner,
+        input: Vec<(Time, RecordBatch)>,
+    ) -> (Harness, Vec<PolicyAck>) {
+        let defaults = BTreeMap::from([
+            ("threshold".to_string(), PolicyValue::Float(4.0)),
+            ("sample_every".to_string(), PolicyValue::Int(10)),
+        ]);
+        let keys = TrustedKeys::new(vec![
+            TrustedKeys::parse(&trusted.public_key(), std::path::Path::new(".")).unwrap(),
+        ]);
+        let store = PolicyStore::new(defaults, BTreeSet::from(["threshold".to_string()]))
+            .with_trusted_keys(keys);
+        store.enable_acks();
+        let harness = Harness {
+            policy: Arc::new(store),
+            ..Harness::default()
+        };
+        harness.run_sink(
+            &ReconfigureSink { log_changes: false },
+            signed_policy_change_schema(),
+            input,
+        );
+        let (acks, writers_open) = harness.policy.take_acks();
+        assert!(!writers_open, "the sink closed its acknowledgements");
+        (harness, acks)
+    }
+
+    fn refusal(ack: &PolicyAck) -> String {
+        ack.refusal
+            .as_ref()
+            .map(|r| r.to_string())
+            .unwrap_or_else(|| "applied".into())
+    }
+
+    #[test]
+    fn signed_changes_apply_and_forged_replayed_stale_and_out_of_scope_ones_are_refused() {
+        let cloud = PolicySigner::generate();
+        let intruder = PolicySigner::generate();
+        let here = |c: &[PolicyChange]| vec!["test-node".to_string(); c.len()];
+        let set_l1 = [change("threshold", Some("l1"), 2.5, 1)];
+        let first = signed_changes_to_batch(&set_l1, &here(&set_l1), Some(&cloud), 1000);
+        // The same message again (a replay), a change signed by an untrusted key, a change to
+        // a tunable the cloud may not touch, an unsigned one, and one for another node.
+        let mut untrusted = change("threshold", None, 0.1, 1);
+        untrusted.version = 9;
+        let mut local = change("sample_every", None, 1.0, 1);
+        local.version = 9;
+        let for_other = [change("threshold", None, 7.0, 1)];
+        let second = arrow::compute::concat_batches(
+            &signed_policy_change_schema(),
+            &[
+                first.clone(),
+                signed_changes_to_batch(
+                    &[untrusted.clone()],
+                    &here(&[untrusted]),
+                    Some(&intruder),
+                    2000,
+                ),
+                signed_changes_to_batch(&[local.clone()], &here(&[local]), Some(&cloud), 2000),
+                signed_changes_to_batch(&for_other, &["edge-9".to_string()], Some(&cloud), 2000),
+            ],
+        )
+        .unwrap();
+        // Forged: a signed change whose value was altered on the way.
+        let mut forged = signed_changes_to_batch(
+            &[change("threshold", Some("l1"), 2.0, 1)],
+            &["*".to_string()],
+            Some(&cloud),
+            3000,
+        );
+        let mut columns = forged.columns().to_vec();
+        columns[4] = Arc::new(arrow::array::StringArray::from(vec!["0.5"]));
+        forged = RecordBatch::try_new(forged.schema(), columns).unwrap();
+        let unsigned = signed_changes_to_batch(
+            &[change("threshold", Some("l3"), 1.0, 1)],
+            &["*".to_string()],
+            None,
+            3000,
+        );
+        // Stale: an older version of the l1 override, correctly signed.
+        let mut old = change("threshold", Some("l1"), 9.0, 1);
+        old.version = 1;
+        let stale = signed_changes_to_batch(&[old], &["*".to_string()], Some(&cloud), 4000);
+        let (harness, acks) = run_signed(
+            &cloud,
+            vec![
+                (1000, first),
+                (2000, second),
+                (3000, forged),
+                (3500, unsigned),
+                (4000, stale),
+            ],
+        );
+        let outcomes: Vec<String> = acks.iter().map(refusal).collect();
+        assert_eq!(outcomes.len(), 7, "{outcomes:#?}");
+        assert_eq!(outcomes[0], "applied");
+        assert!(outcomes[1].starts_with("replay"), "{}", outcomes[1]);
+        assert!(
+            outcomes[2].starts_with("signed by an untrusted key"),
+            "{}",
+            outcomes[2]
+        );
+        assert!(
+            outcomes[3].contains("may not be changed remotely"),
+            "{}",
+            outcomes[3]
+        );
+        assert!(outcomes[4].starts_with("bad signature"), "{}", outcomes[4]);
+        assert!(outcomes[5].starts_with("unsigned"), "{}", outcomes[5]);
+        assert!(
+            outcomes[6].starts_with("stale: version 1 is older than version 3"),
+            "{}",
+            outcomes[6]
+        );
+        let snap = harness.policy.snapshot();
+        assert_eq!(snap.tunables["threshold"].value, PolicyValue::Float(4.0));
+        assert_eq!(snap.tunables["sample_every"].value, PolicyValue::Int(10));
+        let l1 = PolicyScope {
+            key: "line".into(),
+            value: "l1".into(),
+        };
+        assert_eq!(
+            snap.tunables["threshold"].overrides.get(&l1),
+            Some(&PolicyValue::Float(2.5))
+        );
+        assert_eq!(snap.tunables["threshold"].overrides.len(), 1);
+        assert_eq!(harness.policy.applied_count(), 1);
+        assert_eq!(harness.policy.refused_count(), 6);
+        assert_eq!(harness.metrics.dead_letters.load(Ordering::Relaxed), 6);
     }
 
     #[test]

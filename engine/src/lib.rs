@@ -25,6 +25,7 @@ pub mod graph;
 pub mod ops;
 pub mod policy;
 pub mod runtime;
+pub mod signing;
 pub mod spec;
 pub mod telemetry;
 pub mod testing;

@@ -208,6 +208,68 @@ pub fn policy_change_schema() -> arrow::datatypes::SchemaRef {
     ])
 }
 
+/// The column of a policy stream naming the node a change is for (`*`: every node).
+pub const NODE_COLUMN: &str = "node";
+/// The column holding the signer's public key (base64).
+pub const SIGNER_COLUMN: &str = "signer";
+/// The column holding the change's ed25519 signature (base64).
+pub const SIGNATURE_COLUMN: &str = "signature";
+
+/// The schema of an addressed, signed policy stream (what a `policy` transform with a
+/// `signing_key` or a `target` emits): [`policy_change_schema`] plus `node`, `signer` and
+/// `signature`.
+pub fn signed_policy_change_schema() -> arrow::datatypes::SchemaRef {
+    use arrow::datatypes::{DataType, Field, Schema};
+    let mut fields: Vec<Field> = policy_change_schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new(NODE_COLUMN, DataType::Utf8, false));
+    fields.push(Field::new(SIGNER_COLUMN, DataType::Utf8, true));
+    fields.push(Field::new(SIGNATURE_COLUMN, DataType::Utf8, true));
+    Arc::new(Schema::new(fields))
+}
+
+/// Encodes changes addressed to `nodes` (one per change) as a signed policy-stream batch
+/// at event time `ts`; without a signer the signature columns are null.
+pub fn signed_changes_to_batch(
+    changes: &[PolicyChange],
+    nodes: &[String],
+    signer: Option<&crate::signing::PolicySigner>,
+    ts: crate::batch::Time,
+) -> arrow::array::RecordBatch {
+    use arrow::array::{ArrayRef, StringArray};
+    let plain = changes_to_batch(changes, ts);
+    let signatures: Vec<Option<String>> = changes
+        .iter()
+        .zip(nodes)
+        .map(|(c, node)| {
+            let value = c.value.to_string();
+            signer.map(|s| {
+                s.sign(&crate::signing::SignedFields {
+                    node,
+                    policy: &c.name,
+                    scope_key: c.scope.as_ref().map(|s| s.key.as_str()),
+                    scope_value: c.scope.as_ref().map(|s| s.value.as_str()),
+                    value: &value,
+                    diff: c.diff,
+                    version: c.version,
+                })
+            })
+        })
+        .collect();
+    let public = signer.map(|s| s.public_key());
+    let mut columns = plain.columns().to_vec();
+    columns.push(Arc::new(StringArray::from_iter_values(nodes)) as ArrayRef);
+    columns.push(Arc::new(StringArray::from_iter(
+        changes.iter().map(|_| public.as_deref()),
+    )));
+    columns.push(Arc::new(StringArray::from_iter(signatures)));
+    arrow::array::RecordBatch::try_new(signed_policy_change_schema(), columns)
+        .expect("signed policy schema matches")
+}
+
 /// Encodes changes as a policy-stream batch at event time `ts`.
 pub fn changes_to_batch(
     changes: &[PolicyChange],
@@ -287,6 +349,25 @@ pub enum Refusal {
     /// The tunable is declared but not in `[policy] remote`.
     #[error("policy `{0}` may not be changed remotely (not in [policy] remote)")]
     NotRemote(String),
+    /// The change is older than one already applied to the same tunable and scope (the
+    /// last writer, by version, wins).
+    #[error(
+        "stale: version {version} is older than version {current}, already applied to `{name}`"
+    )]
+    Stale {
+        /// The tunable.
+        name: String,
+        /// The refused change's version.
+        version: u64,
+        /// The version in force.
+        current: u64,
+    },
+    /// The very same change was already applied.
+    #[error("replay: this change to `{0}` was already applied")]
+    Replay(String),
+    /// The change's signature is missing, untrusted or wrong.
+    #[error(transparent)]
+    Signature(#[from] crate::signing::SignatureProblem),
     /// The value's type differs from the declared default's.
     #[error("policy `{name}` takes a {expected}, not `{value}`")]
     WrongType {
@@ -306,7 +387,43 @@ pub struct ApplyReport {
     pub applied: u64,
     /// Changes refused, with the reason.
     pub refused: Vec<(PolicyChange, Refusal)>,
+    /// For each change given, in order: `None` if applied, or why it was refused.
+    pub outcomes: Vec<Option<Refusal>>,
 }
+
+/// What a node did with one remote change: the acknowledgement it sends back.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PolicyAck {
+    /// The change.
+    pub change: PolicyChange,
+    /// `None` if applied, or why it was refused.
+    pub refusal: Option<Refusal>,
+}
+
+/// Acknowledgements waiting for a `policy_acks` source, and whether anything still writes
+/// them.
+#[derive(Debug, Default)]
+struct AckQueue {
+    /// Set by a `policy_acks` source: acknowledgements are kept only when someone reads them.
+    enabled: bool,
+    /// `reconfigure` sinks that have not finished.
+    writers_open: usize,
+    pending: Vec<PolicyAck>,
+}
+
+/// What a node knows of one tunable and scope, to make the last writer (by version) win.
+#[derive(Debug, Default)]
+struct ScopeVersions {
+    /// The newest version applied (a set or a retraction).
+    newest: u64,
+    /// The changes applied at `newest` (value text, diff), to refuse replays.
+    seen: BTreeSet<(String, i64)>,
+    /// The version of the value in force, if a change set it.
+    value_version: Option<u64>,
+}
+
+/// Per tunable and scope: the versions applied.
+type Applied = BTreeMap<(String, Option<PolicyScope>), ScopeVersions>;
 
 /// The live policy of one node, shared by all its workers.
 #[derive(Debug)]
@@ -316,6 +433,9 @@ pub struct PolicyStore {
     version: AtomicU64,
     applied: AtomicU64,
     refused: AtomicU64,
+    trusted_keys: crate::signing::TrustedKeys,
+    last_applied: std::sync::Mutex<Applied>,
+    acks: std::sync::Mutex<AckQueue>,
 }
 
 impl PolicyStore {
@@ -342,7 +462,59 @@ impl PolicyStore {
             version: AtomicU64::new(0),
             applied: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            trusted_keys: Default::default(),
+            last_applied: Default::default(),
+            acks: Default::default(),
         }
+    }
+
+    /// The same store, accepting remote changes only when signed by one of `keys` (an empty
+    /// set accepts unsigned changes).
+    pub fn with_trusted_keys(mut self, keys: crate::signing::TrustedKeys) -> Self {
+        self.trusted_keys = keys;
+        self
+    }
+
+    /// The keys remote changes must be signed by (none: unsigned changes are accepted).
+    pub fn trusted_keys(&self) -> &crate::signing::TrustedKeys {
+        &self.trusted_keys
+    }
+
+    /// Counts changes refused before they reached [`PolicyStore::apply`] (for example for
+    /// their signature).
+    pub fn count_refused(&self, n: u64) {
+        self.refused.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Starts keeping acknowledgements for a reader (a `policy_acks` source).
+    pub fn enable_acks(&self) {
+        self.acks.lock().expect("ack lock poisoned").enabled = true;
+    }
+
+    /// Registers a writer of acknowledgements (a `reconfigure` sink) until
+    /// [`PolicyStore::close_ack_writer`].
+    pub fn open_ack_writer(&self) {
+        self.acks.lock().expect("ack lock poisoned").writers_open += 1;
+    }
+
+    /// A writer of acknowledgements has finished.
+    pub fn close_ack_writer(&self) {
+        let mut acks = self.acks.lock().expect("ack lock poisoned");
+        acks.writers_open = acks.writers_open.saturating_sub(1);
+    }
+
+    /// Queues acknowledgements, if a reader asked for them.
+    pub fn record_acks(&self, new: impl IntoIterator<Item = PolicyAck>) {
+        let mut acks = self.acks.lock().expect("ack lock poisoned");
+        if acks.enabled {
+            acks.pending.extend(new);
+        }
+    }
+
+    /// Takes the queued acknowledgements, and tells whether a writer may still add more.
+    pub fn take_acks(&self) -> (Vec<PolicyAck>, bool) {
+        let mut acks = self.acks.lock().expect("ack lock poisoned");
+        (std::mem::take(&mut acks.pending), acks.writers_open > 0)
     }
 
     /// The current version: cheap to poll on every batch.
@@ -365,48 +537,89 @@ impl PolicyStore {
         self.refused.load(Ordering::Relaxed)
     }
 
+    /// Why `change` may not be applied on top of `next`, if it may not.
+    fn refusal(
+        &self,
+        next: &PolicySnapshot,
+        last_applied: &Applied,
+        change: &PolicyChange,
+    ) -> Option<Refusal> {
+        let Some(tunable) = next.tunables.get(&change.name) else {
+            return Some(Refusal::Unknown(change.name.clone()));
+        };
+        if !self.remote.contains(&change.name) {
+            return Some(Refusal::NotRemote(change.name.clone()));
+        }
+        if change.value.type_name() != tunable.value.type_name() {
+            return Some(Refusal::WrongType {
+                name: change.name.clone(),
+                expected: tunable.value.type_name(),
+                value: change.value.to_string(),
+            });
+        }
+        let known = last_applied.get(&(change.name.clone(), change.scope.clone()))?;
+        if change.version < known.newest {
+            return Some(Refusal::Stale {
+                name: change.name.clone(),
+                version: change.version,
+                current: known.newest,
+            });
+        }
+        let identity = (change.value.to_string(), change.diff);
+        (change.version == known.newest && known.seen.contains(&identity))
+            .then(|| Refusal::Replay(change.name.clone()))
+    }
+
     /// Applies remote changes atomically: readers see all of them or none.
     ///
-    /// A retraction (`diff < 0`) of a scoped override removes it only if it still holds the
-    /// retracted value, so additions and retractions of the same time may come in any order.
+    /// Per tunable and scope the last writer wins by version: a change older than one
+    /// already applied is refused as stale, and the same change applied twice as a replay.
+    ///
+    /// A retraction (`diff < 0`) of a scoped override removes it if it holds the retracted
+    /// value or a value of an older version, so additions and retractions may come in any
+    /// order and the node still ends with each scope's latest value.
     pub fn apply(&self, changes: &[PolicyChange]) -> ApplyReport {
         let mut report = ApplyReport::default();
         let mut guard = self.current.write().expect("policy lock poisoned");
+        let mut last_applied = self.last_applied.lock().expect("policy lock poisoned");
         let mut next = (**guard).clone();
         for change in changes {
-            let Some(tunable) = next.tunables.get_mut(&change.name) else {
-                report
-                    .refused
-                    .push((change.clone(), Refusal::Unknown(change.name.clone())));
-                continue;
-            };
-            if !self.remote.contains(&change.name) {
-                report
-                    .refused
-                    .push((change.clone(), Refusal::NotRemote(change.name.clone())));
-                continue;
-            }
-            if change.value.type_name() != tunable.value.type_name() {
-                let refusal = Refusal::WrongType {
-                    name: change.name.clone(),
-                    expected: tunable.value.type_name(),
-                    value: change.value.to_string(),
-                };
+            let refusal = self.refusal(&next, &last_applied, change);
+            report.outcomes.push(refusal.clone());
+            if let Some(refusal) = refusal {
                 report.refused.push((change.clone(), refusal));
                 continue;
             }
+            let tunable = next.tunables.get_mut(&change.name).expect("checked");
+            let known = last_applied
+                .entry((change.name.clone(), change.scope.clone()))
+                .or_default();
+            if known.newest < change.version {
+                known.newest = change.version;
+                known.seen.clear();
+            }
+            known.seen.insert((change.value.to_string(), change.diff));
             match (&change.scope, change.diff > 0) {
                 (Some(scope), true) => {
                     tunable
                         .overrides
                         .insert(scope.clone(), change.value.clone());
+                    known.value_version = Some(change.version);
                 }
                 (Some(scope), false) => {
-                    if tunable.overrides.get(scope) == Some(&change.value) {
+                    // A retraction removes the value it names, or any value set before it
+                    // (that value's own retraction may still be on its way).
+                    let holds = tunable.overrides.get(scope) == Some(&change.value);
+                    let older = known.value_version.is_some_and(|v| v < change.version);
+                    if holds || older {
                         tunable.overrides.remove(scope);
+                        known.value_version = None;
                     }
                 }
-                (None, true) => tunable.value = change.value.clone(),
+                (None, true) => {
+                    tunable.value = change.value.clone();
+                    known.value_version = Some(change.version);
+                }
                 (None, false) => {}
             }
             report.applied += 1;
@@ -578,6 +791,110 @@ mod tests {
         assert_eq!(report.refused.len(), 2);
         assert_eq!(store.version(), 0);
         assert_eq!(store.refused_count(), 2);
+    }
+
+    #[test]
+    fn the_last_writer_by_version_wins_and_replays_are_refused() {
+        let store = store();
+        let mut newer = change("threshold", Some("L1"), 2.0, 1);
+        newer.version = 10;
+        let mut older = change("threshold", Some("L1"), 3.0, 1);
+        older.version = 5;
+        assert_eq!(store.apply(&[newer.clone()]).applied, 1);
+        let report = store.apply(&[older, newer]);
+        assert!(matches!(
+            report.outcomes[..],
+            [
+                Some(Refusal::Stale {
+                    version: 5,
+                    current: 10,
+                    ..
+                }),
+                Some(Refusal::Replay(_))
+            ]
+        ));
+        let scope = PolicyScope {
+            key: "line".into(),
+            value: "L1".into(),
+        };
+        assert_eq!(
+            store.snapshot().tunables["threshold"].overrides.get(&scope),
+            Some(&PolicyValue::Float(2.0))
+        );
+        // Another scope has its own versions.
+        let mut other = change("threshold", Some("L2"), 3.0, 1);
+        other.version = 1;
+        assert_eq!(store.apply(&[other]).applied, 1);
+    }
+
+    mod convergence {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// The changes a `policy` transform emits for one scope whose desired value goes
+        /// through `history` (one entry per version; `None`: no override).
+        fn changes_of(line: &str, history: &[Option<u8>]) -> Vec<PolicyChange> {
+            let mut out = Vec::new();
+            let mut before: Option<u8> = None;
+            for (i, after) in history.iter().enumerate() {
+                let version = 10 * (i as u64 + 1);
+                if before != *after {
+                    let mut push = |v: u8, diff| {
+                        let mut c = change("threshold", Some(line), f64::from(v), diff);
+                        c.version = version;
+                        out.push(c);
+                    };
+                    if let Some(old) = before {
+                        push(old, -1);
+                    }
+                    if let Some(new) = after {
+                        push(*new, 1);
+                    }
+                }
+                before = *after;
+            }
+            out
+        }
+
+        proptest! {
+            /// Edge and cloud converge: whatever order the changes arrive in (a partition
+            /// heals, a consumer re-reads, messages are duplicated), a node ends with each
+            /// scope's latest value.
+            #[test]
+            fn any_delivery_order_with_duplicates_converges_to_the_latest_values(
+                histories in prop::collection::vec(prop::collection::vec(prop::option::of(0u8..4), 1..8), 1..4),
+                order in prop::collection::vec(any::<u32>(), 64),
+                duplicates in prop::collection::vec(any::<u16>(), 0..6),
+            ) {
+                let mut changes = Vec::new();
+                for (i, h) in histories.iter().enumerate() {
+                    changes.extend(changes_of(&format!("L{i}"), h));
+                }
+                prop_assume!(!changes.is_empty());
+                for d in &duplicates {
+                    changes.push(changes[*d as usize % changes.len()].clone());
+                }
+                // A random permutation.
+                let mut keyed: Vec<(u32, PolicyChange)> = changes
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, c)| (order[i % order.len()].wrapping_add((i as u32).wrapping_mul(2_654_435_761)), c))
+                    .collect();
+                keyed.sort_by_key(|(k, _)| *k);
+                let store = store();
+                for (_, c) in &keyed {
+                    store.apply(std::slice::from_ref(c));
+                }
+                let snapshot = store.snapshot();
+                let overrides = &snapshot.tunables["threshold"].overrides;
+                for (i, h) in histories.iter().enumerate() {
+                    let scope = PolicyScope { key: "line".into(), value: format!("L{i}") };
+                    let latest = h.last().copied().flatten().map(|v| PolicyValue::Float(f64::from(v)));
+                    prop_assert_eq!(overrides.get(&scope), latest.as_ref(), "L{}: {:?}", i, h);
+                }
+            }
+        }
     }
 
     #[test]

@@ -57,10 +57,10 @@ pub struct Node {
 impl Node {
     /// Prepares a validated pipeline.
     pub fn new(plan: Plan) -> Self {
-        let policy = Arc::new(PolicyStore::new(
-            plan.spec.policy_defaults.clone(),
-            plan.spec.remote.clone(),
-        ));
+        let policy = Arc::new(
+            PolicyStore::new(plan.spec.policy_defaults.clone(), plan.spec.remote.clone())
+                .with_trusted_keys(plan.spec.trusted_keys.clone()),
+        );
         let metrics = plan
             .spec
             .components

@@ -7,6 +7,7 @@
 //!
 //! [policy]
 //! remote = ["threshold"]          # tunables the cloud may change
+//! trusted_keys = ["cloud.pub"]    # remote changes must be signed by one of these keys
 //! [policy.tunables]
 //! threshold = 4.0
 //!
@@ -74,6 +75,10 @@ struct PolicySection {
     /// Named tunables with their defaults.
     #[serde(default)]
     tunables: BTreeMap<String, PolicyValue>,
+    /// Public keys (base64, or paths of `.pub` files) whose signatures remote changes must
+    /// carry; empty accepts unsigned changes.
+    #[serde(default)]
+    trusted_keys: Vec<Spanned<String>>,
 }
 
 /// A reference to a component output in `inputs`: `NAME` or `NAME.SIDE`.
@@ -136,6 +141,8 @@ pub struct PipelineSpec {
     pub policy_defaults: BTreeMap<String, PolicyValue>,
     /// `[policy] remote`.
     pub remote: BTreeSet<String>,
+    /// `[policy] trusted_keys`, read.
+    pub trusted_keys: crate::signing::TrustedKeys,
     /// Components in file order.
     pub components: Vec<ComponentSpec>,
 }
@@ -508,7 +515,12 @@ pub fn parse_str(
             DeValue::Table(t) => t.clone(),
             _ => empty,
         };
-        if !unknown_keys(&mut p, "policy", &table, &["remote", "tunables"]) {
+        if !unknown_keys(
+            &mut p,
+            "policy",
+            &table,
+            &["remote", "tunables", "trusted_keys"],
+        ) {
             match PolicySection::deserialize(v.clone().into_deserializer()) {
                 Ok(section) => policy = section,
                 Err(e) => p.de_error(e, "policy", &table, k.span()),
@@ -526,6 +538,22 @@ pub fn parse_str(
                 format!("`{}` is not a declared tunable", name.get_ref()),
             )
             .help = Some(help);
+        }
+    }
+
+    let base_dir = match file.parent().map(Path::to_path_buf) {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => PathBuf::from("."),
+    };
+    let mut trusted_keys = Vec::new();
+    for entry in &policy.trusted_keys {
+        match crate::signing::TrustedKeys::parse(entry.get_ref(), &base_dir) {
+            Ok(key) => trusted_keys.push(key),
+            Err(e) => {
+                p.err(entry.span(), "policy.trusted_keys", e.to_string()).help = Some(
+                    "give a public key (base64) or the path of a `.pub` file made by `isthmus keygen`".into(),
+                );
+            }
         }
     }
 
@@ -600,18 +628,14 @@ pub fn parse_str(
     if !p.errors.is_empty() {
         return Err(ConfigErrors(p.errors));
     }
-    let base_dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
     Ok(PipelineSpec {
         file: file.to_path_buf(),
-        base_dir: if base_dir.as_os_str().is_empty() {
-            PathBuf::from(".")
-        } else {
-            base_dir
-        },
+        base_dir,
         text: Arc::from(text),
         node: node.expect("no errors means [node] parsed"),
         policy_defaults: policy.tunables,
         remote: policy.remote.into_iter().map(|s| s.into_inner()).collect(),
+        trusted_keys: crate::signing::TrustedKeys::new(trusted_keys),
         components,
     })
 }

@@ -19,7 +19,7 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, Int64Array, RecordBatch, StringArray, StringBuilder,
+    Array, ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, StringBuilder,
     TimestampMillisecondArray, UInt32Array,
 };
 use arrow::compute::{can_cast_types, cast, take_record_batch};
@@ -80,6 +80,12 @@ pub struct Fleet {
     /// example `"60s"` or `"5m"`. Default `"60s"`.
     #[serde(default = "default_anomalous_for")]
     pub anomalous_for: DurationSpec,
+    /// A numeric column holding each report's anomaly score. When given, the output also
+    /// has, per group over the reports of the last `anomalous_for` (a sliding event-time
+    /// window): `reports` (Int64, their number: the group's anomaly rate per window),
+    /// `mean_score` and `max_score` (Float64). Rows with a null or NaN score go to the
+    /// `dead_letter` output. Optional.
+    pub score: Option<String>,
 }
 
 fn default_device() -> String {
@@ -94,12 +100,35 @@ fn default_anomalous_for() -> DurationSpec {
     DurationSpec(std::time::Duration::from_secs(60))
 }
 
-/// A differential key: the group's values and the device.
-type DeviceKey = (Vec<String>, String);
-/// One differential update of the (group, device) collection.
-type DeviceUpdate = (DeviceKey, Time, isize);
-/// One differential update of the per-group count.
-type CountUpdate = ((Vec<String>, isize), Time, isize);
+/// One anomaly report in differential: the group's values, then the device and the score
+/// (as [`ordered_bits`]; 0 without a `score` column).
+type Report = (Vec<String>, (String, u64));
+/// One differential update of the collection of reports in their window.
+type ReportUpdate = (Report, Time, isize);
+/// A group's metrics: anomalous devices, and with a `score` column the reports, mean score
+/// and max score (scores as [`ordered_bits`]).
+type GroupMetrics = (i64, Option<(i64, u64, u64)>);
+/// One differential update of the per-group metrics.
+type MetricsUpdate = ((Vec<String>, GroupMetrics), Time, isize);
+
+/// Name of the output column holding the number of reports in the window.
+pub const REPORTS: &str = "reports";
+/// Name of the output column holding the mean score of the reports in the window.
+pub const MEAN_SCORE: &str = "mean_score";
+/// Name of the output column holding the largest score of the reports in the window.
+pub const MAX_SCORE: &str = "max_score";
+
+/// A float's bits, mapped so that integer order is the float order (for keys and values of
+/// differential collections, which need `Ord`).
+fn ordered_bits(x: f64) -> u64 {
+    let b = x.to_bits();
+    if b >> 63 == 1 { !b } else { b | (1 << 63) }
+}
+
+/// The inverse of [`ordered_bits`].
+fn from_ordered_bits(b: u64) -> f64 {
+    f64::from_bits(if b >> 63 == 1 { b & !(1 << 63) } else { !b })
+}
 
 impl Fleet {
     /// The output schema: `ts`, the group columns (Utf8), `anomalous_devices`, `diff`.
@@ -110,6 +139,11 @@ impl Fleet {
             .map(|g| Field::new(g, DataType::Utf8, false))
             .collect();
         fields.push(Field::new(ANOMALOUS_DEVICES, DataType::Int64, false));
+        if self.score.is_some() {
+            fields.push(Field::new(REPORTS, DataType::Int64, false));
+            fields.push(Field::new(MEAN_SCORE, DataType::Float64, false));
+            fields.push(Field::new(MAX_SCORE, DataType::Float64, false));
+        }
         fields.push(Field::new(DIFF, DataType::Int64, false));
         schema_with_time(fields)
     }
@@ -161,11 +195,35 @@ impl Fleet {
                     "devices are counted per group; group by plant, line or another attribute",
                 ));
             }
-            if g == TIME_COLUMN || g == ANOMALOUS_DEVICES || g == DIFF {
+            if [
+                TIME_COLUMN,
+                ANOMALOUS_DEVICES,
+                DIFF,
+                REPORTS,
+                MEAN_SCORE,
+                MAX_SCORE,
+            ]
+            .contains(&g.as_str())
+            {
                 return Err(Problem::at(
                     "group_by",
                     format!(
                         "`{g}` cannot be a group column: the output already has a column of that name"
+                    ),
+                ));
+            }
+        }
+        if let Some(score) = &self.score {
+            let field = input.field_with_name(score).map_err(|_| {
+                Problem::at("score", format!("the input has no column `{score}`"))
+                    .with_help(available())
+            })?;
+            if !field.data_type().is_numeric() {
+                return Err(Problem::at(
+                    "score",
+                    format!(
+                        "column `{score}` has type {}, not a number",
+                        field.data_type()
                     ),
                 ));
             }
@@ -191,6 +249,7 @@ fn to_text(column: &ArrayRef) -> Result<ArrayRef, String> {
 struct Reports {
     device: String,
     group_by: Vec<String>,
+    score: Option<String>,
     anomalous_for: Time,
     name: String,
 }
@@ -200,7 +259,7 @@ impl Reports {
         &self,
         batch: &RecordBatch,
         msg_time: Time,
-        out: &mut Vec<DeviceUpdate>,
+        out: &mut Vec<ReportUpdate>,
         dead: &mut DeadLetters,
     ) {
         let n = batch.num_rows();
@@ -227,9 +286,22 @@ impl Reports {
                 .iter()
                 .map(|g| column(g))
                 .collect::<Result<Vec<_>, _>>()?;
-            Ok((times, device, groups))
+            let score = match &self.score {
+                Some(name) => Some(
+                    batch
+                        .column_by_name(name)
+                        .ok_or_else(|| format!("batch lacks column `{name}`"))
+                        .and_then(|c| {
+                            cast(c, &DataType::Float64).map_err(|e| {
+                                format!("cannot read column `{name}` as a number: {e}")
+                            })
+                        })?,
+                ),
+                None => None,
+            };
+            Ok((times, device, groups, score))
         })();
-        let (times, device, groups) = match columns {
+        let (times, device, groups, score) = match columns {
             Ok(c) => c,
             Err(reason) => {
                 dead.push_batch(msg_time, &self.name, &reason, batch);
@@ -248,42 +320,64 @@ impl Reports {
                     .expect("cast to Utf8")
             })
             .collect();
+        let score = score.as_ref().map(|s| {
+            s.as_any()
+                .downcast_ref::<Float64Array>()
+                .expect("cast to Float64")
+        });
         let mut bad: Vec<u32> = Vec::new();
         out.reserve(2 * n);
         for row in 0..n {
-            if times.is_null(row) || device.is_null(row) || groups.iter().any(|g| g.is_null(row)) {
+            let score_bad = score.is_some_and(|s| s.is_null(row) || s.value(row).is_nan());
+            if times.is_null(row)
+                || device.is_null(row)
+                || groups.iter().any(|g| g.is_null(row))
+                || score_bad
+            {
                 bad.push(row as u32);
                 continue;
             }
             let t = (times.value(row).max(0) as Time).max(msg_time);
             let group: Vec<String> = groups.iter().map(|g| g.value(row).to_string()).collect();
-            let key = (group, device.value(row).to_string());
-            out.push((key.clone(), t, 1));
-            out.push((key, t.saturating_add(self.anomalous_for), -1));
+            let bits = score.map_or(0, |s| ordered_bits(s.value(row)));
+            let report = (group, (device.value(row).to_string(), bits));
+            out.push((report.clone(), t, 1));
+            out.push((report, t.saturating_add(self.anomalous_for), -1));
         }
         if !bad.is_empty() {
             let rows =
                 take_record_batch(batch, &UInt32Array::from(bad)).expect("row indices in bounds");
-            dead.push_batch(msg_time, &self.name, "null device, group or ts", &rows);
+            let reason = if self.score.is_some() {
+                "null device, group, ts or score (or a NaN score)"
+            } else {
+                "null device, group or ts"
+            };
+            dead.push_batch(msg_time, &self.name, reason, &rows);
         }
     }
 }
 
-/// Builds the Arrow rows of count updates that share one time.
-fn counts_to_batch(schema: &SchemaRef, groups: usize, updates: &[CountUpdate]) -> RecordBatch {
+/// Builds the Arrow rows of metric updates that share one time.
+fn metrics_to_batch(schema: &SchemaRef, groups: usize, updates: &[MetricsUpdate]) -> RecordBatch {
     let n = updates.len();
     let mut builders: Vec<StringBuilder> = (0..groups)
         .map(|_| StringBuilder::with_capacity(n, n * 8))
         .collect();
     let mut ts = Vec::with_capacity(n);
     let mut counts = Vec::with_capacity(n);
+    let (mut reports, mut means, mut maxes) = (Vec::new(), Vec::new(), Vec::new());
     let mut diffs = Vec::with_capacity(n);
-    for ((group, count), t, diff) in updates {
+    for ((group, (devices, scored)), t, diff) in updates {
         ts.push(*t as i64);
         for (b, v) in builders.iter_mut().zip(group) {
             b.append_value(v);
         }
-        counts.push(*count as i64);
+        counts.push(*devices);
+        if let Some((n, mean, max)) = scored {
+            reports.push(*n);
+            means.push(from_ordered_bits(*mean));
+            maxes.push(from_ordered_bits(*max));
+        }
         diffs.push(*diff as i64);
     }
     let mut columns: Vec<ArrayRef> = vec![time_array(ts)];
@@ -293,8 +387,33 @@ fn counts_to_batch(schema: &SchemaRef, groups: usize, updates: &[CountUpdate]) -
             .map(|b| Arc::new(b.finish()) as ArrayRef),
     );
     columns.push(Arc::new(Int64Array::from(counts)));
+    if schema.index_of(REPORTS).is_ok() {
+        columns.push(Arc::new(Int64Array::from(reports)));
+        columns.push(Arc::new(Float64Array::from(means)));
+        columns.push(Arc::new(Float64Array::from(maxes)));
+    }
     columns.push(Arc::new(Int64Array::from(diffs)));
     RecordBatch::try_new(schema.clone(), columns).expect("fleet output schema matches")
+}
+
+/// A group's metrics from its reports in the window: `(device, score bits)` with their
+/// multiplicities, sorted (as differential's `reduce` gives them).
+fn group_metrics(reports: &[(&(String, u64), isize)]) -> GroupMetrics {
+    let mut devices = 0i64;
+    let mut previous: Option<&str> = None;
+    let (mut n, mut sum, mut max) = (0i64, 0.0f64, f64::NEG_INFINITY);
+    for ((device, bits), m) in reports {
+        if previous != Some(device.as_str()) {
+            devices += 1;
+            previous = Some(device);
+        }
+        let score = from_ordered_bits(*bits);
+        n += *m as i64;
+        sum += score * *m as f64;
+        max = max.max(score);
+    }
+    let mean = if n > 0 { sum / n as f64 } else { 0.0 };
+    (devices, Some((n, ordered_bits(mean), ordered_bits(max))))
 }
 
 impl Transform for Fleet {
@@ -319,6 +438,7 @@ impl Transform for Fleet {
         let reports = Reports {
             device: self.device.clone(),
             group_by: self.group_by.clone(),
+            score: self.score.clone(),
             anomalous_for: self.anomalous_for.as_millis(),
             name: cx.name.clone(),
         };
@@ -327,13 +447,13 @@ impl Transform for Fleet {
         // Anomaly reports → updates of the (group, device) collection, plus dead letters.
         let mut builder = OperatorBuilder::new(format!("{}.Reports", cx.name), input.scope());
         let mut rows_in = builder.new_input(input, Pipeline);
-        let (updates_out, updates) = builder.new_output::<Vec<DeviceUpdate>>();
+        let (updates_out, updates) = builder.new_output::<Vec<ReportUpdate>>();
         let (dead_out, dead) = builder.new_output::<Vec<Batch>>();
         let mut updates_out =
-            OutputBuilder::<_, CapacityContainerBuilder<Vec<DeviceUpdate>>>::from(updates_out);
+            OutputBuilder::<_, CapacityContainerBuilder<Vec<ReportUpdate>>>::from(updates_out);
         let mut dead_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<Batch>>>::from(dead_out);
         builder.build(move |_| {
-            let mut buffer: Vec<DeviceUpdate> = Vec::new();
+            let mut buffer: Vec<ReportUpdate> = Vec::new();
             move |_frontiers| {
                 let mut updates_out = updates_out.activate();
                 let mut dead_out = dead_out.activate();
@@ -358,42 +478,49 @@ impl Transform for Fleet {
             }
         });
 
-        // Devices currently anomalous (distinct over overlapping reports), counted per group.
-        let counts = updates
-            .as_collection()
-            .distinct()
-            .map(|(group, _device)| group)
-            .count();
+        // Devices currently anomalous (distinct over overlapping reports), counted per group;
+        // with scores, one reduction per group gives every metric.
+        let reports_in_window = updates.as_collection();
+        let metrics_updates = if self.score.is_some() {
+            reports_in_window
+                .reduce(|_group, reports, output| output.push((group_metrics(reports), 1isize)))
+                .inner
+        } else {
+            reports_in_window
+                .map(|(group, (device, _))| (group, device))
+                .distinct()
+                .map(|(group, _device)| group)
+                .count()
+                .map(|(group, n)| (group, (n as i64, None)))
+                .inner
+        };
 
         // Count updates → Arrow rows, sent at their own time.
         let schema = self.output_schema();
         let groups = self.group_by.len();
-        let main = counts
-            .inner
-            .unary::<CapacityContainerBuilder<Vec<Batch>>, _, _, _>(
-                Pipeline,
-                &format!("{}.ToArrow", cx.name),
-                move |_, _| {
-                    let mut pending: Vec<CountUpdate> = Vec::new();
-                    move |input, output| {
-                        input.for_each_stamp(|cap, data| {
-                            for container in data {
-                                pending.append(container);
-                            }
-                            pending
-                                .sort_unstable_by(|a, b| (a.1, &a.0, a.2).cmp(&(b.1, &b.0, b.2)));
-                            for chunk in pending.chunk_by(|a, b| a.1 == b.1) {
-                                let time = chunk[0].1;
-                                let at = cap.delayed(&time, 0);
-                                output
-                                    .session(&at)
-                                    .give(Batch::new(counts_to_batch(&schema, groups, chunk)));
-                            }
-                            pending.clear();
-                        });
-                    }
-                },
-            );
+        let main = metrics_updates.unary::<CapacityContainerBuilder<Vec<Batch>>, _, _, _>(
+            Pipeline,
+            &format!("{}.ToArrow", cx.name),
+            move |_, _| {
+                let mut pending: Vec<MetricsUpdate> = Vec::new();
+                move |input, output| {
+                    input.for_each_stamp(|cap, data| {
+                        for container in data {
+                            pending.append(container);
+                        }
+                        pending.sort_unstable_by(|a, b| (a.1, &a.0, a.2).cmp(&(b.1, &b.0, b.2)));
+                        for chunk in pending.chunk_by(|a, b| a.1 == b.1) {
+                            let time = chunk[0].1;
+                            let at = cap.delayed(&time, 0);
+                            output
+                                .session(&at)
+                                .give(Batch::new(metrics_to_batch(&schema, groups, chunk)));
+                        }
+                        pending.clear();
+                    });
+                }
+            },
+        );
         Ok(Outputs::main(main).with_side(ops::DEAD_LETTER, dead))
     }
 }
@@ -825,5 +952,231 @@ pub(crate) mod tests {
                 (1_200, vec![], 1, -1),
             ]
         );
+    }
+}
+
+/// Property test: with a `score` column, the incremental metrics equal a from-scratch
+/// DataFusion SQL recomputation over all input so far, at every time a result may change,
+/// on random out-of-order input (late rows), with one and two workers. Failing cases are
+/// kept in `proptest-regressions/fleet.txt` and replayed first.
+#[cfg(test)]
+mod oracle {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use arrow::array::{AsArray, Float64Array};
+    use arrow::datatypes::{Float64Type, Int64Type, TimestampMillisecondType};
+    use datafusion::prelude::SessionContext;
+    use proptest::prelude::*;
+
+    use super::tests::{anomaly_schema, run_workers};
+    use super::*;
+
+    /// The window of the tested transform, in milliseconds.
+    const WINDOW: Time = 5_000;
+
+    /// One input batch: how far time advances before it, then its rows as (ts offset from
+    /// the batch time, device, plant, line, score); a negative offset is a late row.
+    type BatchPlan = (u64, Vec<(i64, u8, u8, u8, u8)>);
+
+    fn to_input(plan: &[BatchPlan]) -> Vec<(Time, RecordBatch)> {
+        let mut now: i64 = 0;
+        plan.iter()
+            .map(|(advance, rows)| {
+                now += *advance as i64;
+                let ts: Vec<i64> = rows.iter().map(|r| (now + r.0).max(0)).collect();
+                let text = |f: fn(&(i64, u8, u8, u8, u8)) -> String| {
+                    Arc::new(StringArray::from_iter_values(rows.iter().map(f))) as ArrayRef
+                };
+                let batch = RecordBatch::try_new(
+                    anomaly_schema(),
+                    vec![
+                        time_array(ts),
+                        text(|r| format!("d{}", r.1)),
+                        text(|r| format!("P{}", r.2)),
+                        text(|r| format!("L{}", r.3)),
+                        Arc::new(Float64Array::from_iter_values(
+                            rows.iter().map(|r| r.4 as f64 / 8.0 - 4.0),
+                        )),
+                    ],
+                )
+                .unwrap();
+                (now as Time, batch)
+            })
+            .collect()
+    }
+
+    /// A group's metrics at a time: (plant, line) → (devices, reports, mean, max).
+    type Metrics = BTreeMap<(String, String), (i64, i64, f64, f64)>;
+
+    /// Accumulates the output's diffs at every time in `points`.
+    fn incremental(out: &[(Time, RecordBatch)], points: &[Time]) -> BTreeMap<Time, Metrics> {
+        let mut rows = Vec::new();
+        for (_, b) in out {
+            let ts = b.column(0).as_primitive::<TimestampMillisecondType>();
+            let text = |i: usize| b.column(i).as_string::<i32>();
+            let int = |name: &str| b.column_by_name(name).unwrap().as_primitive::<Int64Type>();
+            let float = |name: &str| {
+                b.column_by_name(name)
+                    .unwrap()
+                    .as_primitive::<Float64Type>()
+            };
+            for i in 0..b.num_rows() {
+                rows.push((
+                    ts.value(i) as Time,
+                    (text(1).value(i).to_string(), text(2).value(i).to_string()),
+                    (
+                        int(ANOMALOUS_DEVICES).value(i),
+                        int(REPORTS).value(i),
+                        float(MEAN_SCORE).value(i).to_bits(),
+                        float(MAX_SCORE).value(i).to_bits(),
+                    ),
+                    int(DIFF).value(i),
+                ));
+            }
+        }
+        let mut result = BTreeMap::new();
+        for &x in points {
+            let mut acc: BTreeMap<_, i64> = BTreeMap::new();
+            for (t, group, metrics, diff) in &rows {
+                if *t <= x {
+                    *acc.entry((group.clone(), *metrics)).or_default() += diff;
+                }
+            }
+            let mut at = Metrics::new();
+            for ((group, m), mult) in acc {
+                if mult == 0 {
+                    continue;
+                }
+                assert_eq!(mult, 1, "{group:?} holds {m:?} {mult} times at {x}");
+                let value = (m.0, m.1, f64::from_bits(m.2), f64::from_bits(m.3));
+                assert!(
+                    at.insert(group.clone(), value).is_none(),
+                    "{group:?} twice at {x}"
+                );
+            }
+            result.insert(x, at);
+        }
+        result
+    }
+
+    /// The same metrics recomputed from scratch with SQL over every report, for every time in
+    /// `points` at once.
+    fn from_scratch(input: &[(Time, RecordBatch)], points: &[Time]) -> BTreeMap<Time, Metrics> {
+        // Effective event time of a report: its ts, or the batch's time for a late row.
+        let reports: Vec<RecordBatch> = input
+            .iter()
+            .map(|(t, b)| {
+                let ts = b.column(0).as_primitive::<TimestampMillisecondType>();
+                let effective = Int64Array::from_iter_values(
+                    ts.values().iter().map(|v| (*v as Time).max(*t) as i64),
+                );
+                let mut columns = b.columns().to_vec();
+                columns[0] = Arc::new(effective);
+                let mut fields: Vec<Field> = b
+                    .schema()
+                    .fields()
+                    .iter()
+                    .map(|f| f.as_ref().clone())
+                    .collect();
+                fields[0] = Field::new("t", DataType::Int64, false);
+                RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), columns)
+                    .unwrap()
+            })
+            .collect();
+        let xs = RecordBatch::try_from_iter([(
+            "x",
+            Arc::new(Int64Array::from_iter_values(
+                points.iter().map(|p| *p as i64),
+            )) as ArrayRef,
+        )])
+        .unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let batches = runtime.block_on(async {
+            let cx = SessionContext::new();
+            cx.register_batch("points", xs).unwrap();
+            let schema = reports[0].schema();
+            let all = arrow::compute::concat_batches(&schema, &reports).unwrap();
+            cx.register_batch("reports", all).unwrap();
+            let sql = format!(
+                "SELECT x, plant, line, COUNT(DISTINCT device) AS devices, COUNT(*) AS reports, \
+                 AVG(score) AS mean_score, MAX(score) AS max_score \
+                 FROM points JOIN reports ON t <= x AND x < t + {WINDOW} \
+                 GROUP BY x, plant, line"
+            );
+            cx.sql(&sql).await.unwrap().collect().await.unwrap()
+        });
+        let mut result: BTreeMap<Time, Metrics> =
+            points.iter().map(|p| (*p, Metrics::new())).collect();
+        for b in batches {
+            let x = b.column(0).as_primitive::<Int64Type>();
+            let text = |i: usize| b.column(i).as_string::<i32>();
+            let int = |i: usize| b.column(i).as_primitive::<Int64Type>();
+            let float = |i: usize| b.column(i).as_primitive::<Float64Type>();
+            for i in 0..b.num_rows() {
+                result.get_mut(&(x.value(i) as Time)).unwrap().insert(
+                    (text(1).value(i).to_string(), text(2).value(i).to_string()),
+                    (
+                        int(3).value(i),
+                        int(4).value(i),
+                        float(5).value(i),
+                        float(6).value(i),
+                    ),
+                );
+            }
+        }
+        result
+    }
+
+    fn assert_same(got: &BTreeMap<Time, Metrics>, want: &BTreeMap<Time, Metrics>) {
+        assert_eq!(got.len(), want.len());
+        for ((x, g), (_, w)) in got.iter().zip(want) {
+            let keys = |m: &Metrics| m.keys().cloned().collect::<Vec<_>>();
+            assert_eq!(keys(g), keys(w), "groups at time {x}");
+            for (group, a) in g {
+                let b = &w[group];
+                assert_eq!((a.0, a.1, a.3), (b.0, b.1, b.3), "{group:?} at {x}");
+                assert!(
+                    (a.2 - b.2).abs() <= 1e-9 * b.2.abs().max(1.0),
+                    "mean of {group:?} at {x}: {} vs {}",
+                    a.2,
+                    b.2
+                );
+            }
+        }
+    }
+
+    fn plan() -> impl Strategy<Value = Vec<BatchPlan>> {
+        let row = (-3_000i64..4_000, 0u8..6, 0u8..2, 0u8..3, 0u8..64);
+        prop::collection::vec((0u64..3_000, prop::collection::vec(row, 0..6)), 1..30)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+        #[test]
+        fn incremental_metrics_equal_a_sql_recomputation(plan in plan()) {
+            let input = to_input(&plan);
+            prop_assume!(input.iter().any(|(_, b)| b.num_rows() > 0));
+            let fleet: Fleet = toml::from_str("anomalous_for = \"5s\"\nscore = \"score\"").unwrap();
+            let fleet: Arc<dyn Transform> = Arc::new(fleet);
+            let one = run_workers(1, fleet.clone(), anomaly_schema(), input.clone());
+            let two = run_workers(2, fleet, anomaly_schema(), input.clone());
+            // Every time a result may change, and just before it.
+            let mut points: BTreeSet<Time> = BTreeSet::new();
+            for (t, b) in &input {
+                let ts = b.column(0).as_primitive::<TimestampMillisecondType>();
+                for v in ts.values() {
+                    let e = (*v as Time).max(*t);
+                    points.extend([e.saturating_sub(1), e, e + WINDOW - 1, e + WINDOW]);
+                }
+            }
+            let points: Vec<Time> = points.into_iter().collect();
+            let want = from_scratch(&input, &points);
+            assert_same(&incremental(&one, &points), &want);
+            assert_same(&incremental(&two, &points), &want);
+            // Everything expires in the end.
+            assert!(incremental(&one, &[Time::MAX])[&Time::MAX].is_empty());
+        }
     }
 }

@@ -21,7 +21,9 @@ use isthmus_engine::batch::{Batch, BatchStream, TIME_COLUMN, Time, time_array, t
 use isthmus_engine::ops::{self, DeadLetters};
 use isthmus_engine::policy::{
     PolicyChange, PolicyScope, PolicyValue, changes_to_batch, policy_change_schema,
+    signed_changes_to_batch, signed_policy_change_schema,
 };
+use isthmus_engine::signing::{ALL_NODES, PolicySigner};
 use isthmus_engine::telemetry::ComponentMetrics;
 use isthmus_engine::{BuildContext, CheckContext, EngineError, Outputs, Problem, Transform};
 use timely::container::CapacityContainerBuilder;
@@ -79,6 +81,16 @@ pub struct PolicyRules {
     /// The rules, as an array of tables (`[[transforms.NAME.rules]]`), tried in order for
     /// each scope value: the first one that matches wins. At least one.
     pub rules: Vec<PolicyRule>,
+    /// An ed25519 secret key file made by `isthmus keygen` (relative to the pipeline file):
+    /// every change is signed with it, and edges whose `[policy] trusted_keys` list its
+    /// public key accept only changes it signed. The output then also has the columns
+    /// `node`, `signer` (the public key) and `signature`. Optional.
+    pub signing_key: Option<String>,
+    /// The node the changes are addressed to, written in the `node` column (edges skip
+    /// changes addressed to other nodes; a `kafka` sink can key messages by it). Default
+    /// `"*"`: every node. Setting it (or `signing_key`) adds the columns `node`, `signer`
+    /// and `signature` to the output.
+    pub node: Option<String>,
 }
 
 /// One rule of a `policy` transform: a condition and the policies it sets.
@@ -518,14 +530,50 @@ fn split_by_time(batch: RecordBatch, ts: usize, msg_time: Time) -> Vec<(Time, Re
         .collect()
 }
 
+impl PolicyRules {
+    /// Whether the output carries `node`, `signer` and `signature`.
+    fn addressed(&self) -> bool {
+        self.signing_key.is_some() || self.node.is_some()
+    }
+
+    fn output_schema(&self) -> SchemaRef {
+        if self.addressed() {
+            signed_policy_change_schema()
+        } else {
+            policy_change_schema()
+        }
+    }
+
+    /// Reads the signing key, if any.
+    fn signer(
+        &self,
+        resolve: impl Fn(&str) -> std::path::PathBuf,
+    ) -> Result<Option<PolicySigner>, Problem> {
+        let Some(path) = &self.signing_key else {
+            return Ok(None);
+        };
+        PolicySigner::from_file(&resolve(path))
+            .map(Some)
+            .map_err(|e| {
+                Problem::at("signing_key", e.to_string())
+                    .with_help("make a key pair with `isthmus keygen --out DIR --name NAME`")
+            })
+    }
+}
+
 impl Transform for PolicyRules {
     fn schemas(
         &self,
         input: &SchemaRef,
-        _cx: &CheckContext<'_>,
+        cx: &CheckContext<'_>,
     ) -> Result<Outputs<SchemaRef>, Problem> {
         self.compile(input)?;
-        Ok(Outputs::main(policy_change_schema())
+        self.signer(|p| cx.path(p))?;
+        if self.node.as_deref().is_some_and(|n| n.trim().is_empty()) {
+            return Err(Problem::at("node", "the node is empty")
+                .with_help("name a node id, or leave `node` out to address every node (`*`)"));
+        }
+        Ok(Outputs::main(self.output_schema())
             .with_side(ops::DEAD_LETTER, ops::dead_letter_schema()))
     }
 
@@ -556,6 +604,11 @@ impl Transform for PolicyRules {
             emitted: BTreeMap::new(),
         };
         let metrics = cx.metrics.clone();
+        let signer = self
+            .signer(|p| cx.path(p))
+            .map_err(|p| cx.error(p.message))?;
+        let addressed = self.addressed();
+        let node = self.node.clone().unwrap_or_else(|| ALL_NODES.to_string());
 
         // Each scope value lives on one worker.
         let input = ops::exchange_by_key(input, vec![self.scope.clone()]);
@@ -604,9 +657,13 @@ impl Transform for PolicyRules {
                     let mut letters = DeadLetters::default();
                     let changes = state.process(time, &batches, &mut letters);
                     if !changes.is_empty() {
-                        main_out
-                            .session(&main_cap)
-                            .give(Batch::new(changes_to_batch(&changes, time)));
+                        let batch = if addressed {
+                            let nodes = vec![node.clone(); changes.len()];
+                            signed_changes_to_batch(&changes, &nodes, signer.as_ref(), time)
+                        } else {
+                            changes_to_batch(&changes, time)
+                        };
+                        main_out.session(&main_cap).give(Batch::new(batch));
                     }
                     if let Some(letters) = letters.take() {
                         ComponentMetrics::add(&metrics.dead_letters, letters.num_rows() as u64);

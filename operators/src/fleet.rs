@@ -86,6 +86,12 @@ pub struct Fleet {
     /// `mean_score` and `max_score` (Float64). Rows with a null or NaN score go to the
     /// `dead_letter` output. Optional.
     pub score: Option<String>,
+    /// The event-time step at which results change, for example `"1s"`: a report counts
+    /// from its time rounded up to a multiple of the step until its expiry rounded up, so
+    /// a busy group is recomputed and emitted at most once per step instead of once per
+    /// report. Default `"1ms"` (every report at its own time).
+    #[serde(default = "default_resolution")]
+    pub resolution: DurationSpec,
 }
 
 fn default_device() -> String {
@@ -94,6 +100,10 @@ fn default_device() -> String {
 
 fn default_group_by() -> Vec<String> {
     vec!["plant".to_string(), "line".to_string()]
+}
+
+fn default_resolution() -> DurationSpec {
+    DurationSpec(std::time::Duration::from_millis(1))
 }
 
 fn default_anomalous_for() -> DurationSpec {
@@ -232,6 +242,18 @@ impl Fleet {
             return Err(Problem::at("anomalous_for", "must be longer than 0ms")
                 .with_help("for example \"60s\""));
         }
+        if self.resolution.as_millis() == 0
+            || self.resolution.as_millis() > self.anomalous_for.as_millis()
+        {
+            return Err(Problem::at(
+                "resolution",
+                format!(
+                    "must be at least 1ms and at most `anomalous_for` ({}ms)",
+                    self.anomalous_for.as_millis()
+                ),
+            )
+            .with_help("for example \"1s\""));
+        }
         Ok(())
     }
 }
@@ -251,6 +273,8 @@ struct Reports {
     group_by: Vec<String>,
     score: Option<String>,
     anomalous_for: Time,
+    /// Results change at multiples of this (ms, at least 1).
+    resolution: Time,
     name: String,
 }
 
@@ -341,8 +365,9 @@ impl Reports {
             let group: Vec<String> = groups.iter().map(|g| g.value(row).to_string()).collect();
             let bits = score.map_or(0, |s| ordered_bits(s.value(row)));
             let report = (group, (device.value(row).to_string(), bits));
-            out.push((report.clone(), t, 1));
-            out.push((report, t.saturating_add(self.anomalous_for), -1));
+            let step = |t: Time| t.div_ceil(self.resolution).saturating_mul(self.resolution);
+            out.push((report.clone(), step(t), 1));
+            out.push((report, step(t.saturating_add(self.anomalous_for)), -1));
         }
         if !bad.is_empty() {
             let rows =
@@ -440,6 +465,7 @@ impl Transform for Fleet {
             group_by: self.group_by.clone(),
             score: self.score.clone(),
             anomalous_for: self.anomalous_for.as_millis(),
+            resolution: self.resolution.as_millis().max(1),
             name: cx.name.clone(),
         };
         let metrics = cx.metrics.clone();
@@ -688,6 +714,14 @@ pub(crate) mod tests {
                 Some("group_by")
             );
 
+            let bad: Fleet = toml::from_str("score = \"nope\"").unwrap();
+            let p = problem(bad.schemas(&schema, cx));
+            assert_eq!(p.key.as_deref(), Some("score"));
+            assert!(p.message.contains("no column `nope`"), "{}", p.message);
+            let bad: Fleet = toml::from_str("score = \"line\"").unwrap();
+            let p = problem(bad.schemas(&schema, cx));
+            assert!(p.message.contains("not a number"), "{}", p.message);
+
             let bad: Fleet = toml::from_str("anomalous_for = \"0s\"").unwrap();
             assert_eq!(
                 problem(bad.schemas(&schema, cx)).key.as_deref(),
@@ -924,6 +958,34 @@ pub(crate) mod tests {
             // Everything expires in the end.
             assert!(accumulate(&one, Time::MAX).is_empty());
         }
+    }
+
+    #[test]
+    fn a_resolution_rounds_update_times_up_to_its_step() {
+        let f: Fleet = toml::from_str("anomalous_for = \"5s\"\nresolution = \"1s\"").unwrap();
+        let input = vec![(
+            0,
+            anomalies(&[(100, "d1", "P1", "L1"), (1_200, "d2", "P1", "L1")]),
+        )];
+        let rows = fleet_rows(
+            &Harness::default()
+                .run_transform(&f, anomaly_schema(), input)
+                .main,
+        );
+        assert_eq!(
+            rows,
+            vec![
+                (1_000, line("L1"), 1, 1),
+                (2_000, line("L1"), 1, -1),
+                (2_000, line("L1"), 2, 1),
+                (6_000, line("L1"), 1, 1),
+                (6_000, line("L1"), 2, -1),
+                (7_000, line("L1"), 1, -1),
+            ]
+        );
+        let bad: Fleet = toml::from_str("anomalous_for = \"5s\"\nresolution = \"10s\"").unwrap();
+        let p = problem(check_cx(|cx| bad.schemas(&anomaly_schema(), cx)));
+        assert_eq!(p.key.as_deref(), Some("resolution"), "{}", p.message);
     }
 
     #[test]

@@ -34,7 +34,8 @@ key = "node"
 /// How often the source looks for new acknowledgements.
 const POLL_INTERVAL: Duration = Duration::from_millis(1);
 
-/// Emits one row per remote policy change this node's `reconfigure` sinks received: the
+/// Emits one row per remote policy change addressed to this node (or to every node) that its
+/// `reconfigure` sinks received: the
 /// node, the change (`policy`, `scope_key`, `scope_value`, `value`, `diff`, `version`), its
 /// `status` (`applied` or `refused`) and, for a refusal, the `reason` (for example a bad
 /// signature, an untrusted key, a replay, a stale version or a tunable not in `[policy]

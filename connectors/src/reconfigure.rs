@@ -11,8 +11,8 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, RecordBatch, StringArray};
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::array::{Array, AsArray, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Int64Type, SchemaRef};
 use isthmus_engine::batch::{Batch, BatchStream, Time};
 use isthmus_engine::policy::{
     NODE_COLUMN, PolicyAck, PolicyChange, PolicySnapshot, PolicyStore, PolicyValue, Refusal,
@@ -133,6 +133,31 @@ fn receive(
     fn cell(column: Option<&StringArray>, i: usize) -> Option<&str> {
         column.and_then(|c| (!c.is_null(i)).then(|| c.value(i)))
     }
+    let scope_keys = text("scope_key")?;
+    let scope_values = text("scope_value")?;
+    let versions = batch
+        .column_by_name("version")
+        .map(|c| arrow::compute::cast(c, &DataType::Int64))
+        .transpose()
+        .map_err(|e| format!("policy stream column `version`: {e}"))?;
+    let versions = versions.as_ref().map(|c| c.as_primitive::<Int64Type>());
+    let malformed = |i: usize, change: &PolicyChange| -> Option<String> {
+        if change.diff != 1 && change.diff != -1 {
+            return Some(format!("diff must be +1 or -1, not {}", change.diff));
+        }
+        if cell(scope_keys, i).is_some() != cell(scope_values, i).is_some() {
+            return Some("scope_key and scope_value must be given together".into());
+        }
+        if versions.is_none_or(|v| v.is_null(i) || v.value(i) < 0) {
+            return Some("version must be a non-negative integer".into());
+        }
+        match change.value {
+            PolicyValue::Float(f) if !f.is_finite() => {
+                Some(format!("value `{f}` is not a finite number"))
+            }
+            _ => None,
+        }
+    };
     let trusted = policy.trusted_keys();
     // Per change addressed here: `None` to apply, or why it is refused unseen.
     let mut mine: Vec<(PolicyChange, Option<Refusal>)> = Vec::new();
@@ -141,7 +166,9 @@ fn receive(
         if to != ALL_NODES && to != node {
             continue;
         }
-        let refusal = if trusted.is_empty() {
+        let refusal = if let Some(problem) = malformed(i, &change) {
+            Some(Refusal::Malformed(problem))
+        } else if trusted.is_empty() {
             None
         } else {
             let fields = SignedFields {
@@ -186,7 +213,7 @@ fn receive(
 }
 
 impl Sink for ReconfigureSink {
-    fn check(&self, input: &SchemaRef, _cx: &CheckContext<'_>) -> Result<(), Problem> {
+    fn check(&self, input: &SchemaRef, cx: &CheckContext<'_>) -> Result<(), Problem> {
         let expected = policy_change_schema();
         for field in expected.fields().iter().filter(|f| f.name() != TIME_COLUMN) {
             let found = input.field_with_name(field.name()).ok();
@@ -211,6 +238,20 @@ impl Sink for ReconfigureSink {
             return Err(Problem::at("inputs", problem).with_help(
                 "feed it the output of a `policy` transform (columns ts, policy, scope_key, scope_value, value, diff, version), for example through a `channel`",
             ));
+        }
+        if cx.policy.requires_signatures {
+            for column in [NODE_COLUMN, SIGNER_COLUMN, SIGNATURE_COLUMN] {
+                match input.field_with_name(column) {
+                    Ok(f) if f.data_type() == &DataType::Utf8 => {}
+                    _ => {
+                        return Err(Problem::at(
+                            "inputs",
+                            format!("this node lists [policy] trusted_keys, but its policy stream has no text column `{column}`: every change would be refused"),
+                        )
+                        .with_help("read the output of a `policy` transform with a `signing_key`; from Kafka declare `node`, `signer` and `signature` as \"utf8\" columns"));
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -520,6 +561,52 @@ mod tests {
     }
 
     #[test]
+    fn malformed_changes_are_refused() {
+        let defaults = BTreeMap::from([("threshold".to_string(), PolicyValue::Float(4.0))]);
+        let store = PolicyStore::new(defaults, BTreeSet::from(["threshold".to_string()]));
+        store.enable_acks();
+        let harness = Harness {
+            policy: Arc::new(store),
+            ..Harness::default()
+        };
+        let mut zero = change("threshold", Some("l1"), 2.0, 0);
+        zero.diff = 0;
+        let infinite = change("threshold", None, f64::INFINITY, 1);
+        let mut batch = changes_to_batch(
+            &[zero, infinite, change("threshold", Some("l2"), 2.0, 1)],
+            1000,
+        );
+        // Half a scope on the last row.
+        let mut columns = batch.columns().to_vec();
+        columns[2] = Arc::new(arrow::array::StringArray::from(vec![
+            Some("line"),
+            None,
+            None,
+        ]));
+        batch = RecordBatch::try_new(batch.schema(), columns).unwrap();
+        harness.run_sink(
+            &ReconfigureSink { log_changes: false },
+            policy_change_schema(),
+            vec![(1000, batch)],
+        );
+        let (acks, _) = harness.policy.take_acks();
+        let reasons: Vec<String> = acks.iter().map(refusal).collect();
+        assert_eq!(reasons.len(), 3);
+        assert!(
+            reasons[0].contains("diff must be +1 or -1"),
+            "{}",
+            reasons[0]
+        );
+        assert!(reasons[1].contains("not a finite number"), "{}", reasons[1]);
+        assert!(
+            reasons[2].contains("scope_key and scope_value"),
+            "{}",
+            reasons[2]
+        );
+        assert_eq!(harness.policy.version(), 0);
+    }
+
+    #[test]
     fn check_requires_a_policy_stream() {
         let node = NodeSpec {
             id: "n".into(),
@@ -547,6 +634,18 @@ mod tests {
         fields[5] = Field::new("diff", DataType::Utf8, false);
         let p = sink.check(&Arc::new(Schema::new(fields)), &cx).unwrap_err();
         assert!(p.message.contains("`diff`"), "{}", p.message);
+        // A node that trusts keys needs the signature columns.
+        let signed_only = PolicySnapshot {
+            requires_signatures: true,
+            ..PolicySnapshot::default()
+        };
+        let cx = CheckContext {
+            policy: &signed_only,
+            ..cx
+        };
+        let p = sink.check(&policy_change_schema(), &cx).unwrap_err();
+        assert!(p.message.contains("trusted_keys"), "{}", p.message);
+        assert!(sink.check(&signed_policy_change_schema(), &cx).is_ok());
     }
 
     #[test]

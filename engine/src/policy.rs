@@ -110,6 +110,8 @@ pub struct PolicySnapshot {
     pub version: u64,
     /// Tunables by name.
     pub tunables: BTreeMap<String, Tunable>,
+    /// Whether remote changes must be signed (the node lists `[policy] trusted_keys`).
+    pub requires_signatures: bool,
 }
 
 impl PolicySnapshot {
@@ -365,6 +367,10 @@ pub enum Refusal {
     /// The very same change was already applied.
     #[error("replay: this change to `{0}` was already applied")]
     Replay(String),
+    /// The change itself is malformed (a diff other than ±1, half a scope, a negative
+    /// version, a value that is not a finite number).
+    #[error("malformed: {0}")]
+    Malformed(String),
     /// The change's signature is missing, untrusted or wrong.
     #[error(transparent)]
     Signature(#[from] crate::signing::SignatureProblem),
@@ -458,6 +464,7 @@ impl PolicyStore {
             current: RwLock::new(Arc::new(PolicySnapshot {
                 version: 0,
                 tunables,
+                requires_signatures: false,
             })),
             version: AtomicU64::new(0),
             applied: AtomicU64::new(0),
@@ -471,6 +478,8 @@ impl PolicyStore {
     /// The same store, accepting remote changes only when signed by one of `keys` (an empty
     /// set accepts unsigned changes).
     pub fn with_trusted_keys(mut self, keys: crate::signing::TrustedKeys) -> Self {
+        let current = self.current.get_mut().expect("policy lock poisoned");
+        Arc::make_mut(current).requires_signatures = !keys.is_empty();
         self.trusted_keys = keys;
         self
     }

@@ -20,13 +20,23 @@ pub const ALL_NODES: &str = "*";
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     /// A key file could not be read or written.
-    #[error("key file {path}: {source}")]
+    #[error("cannot {action} {path}: {cause}")]
     Io {
-        /// The file.
+        /// What failed, for example `read key file`.
+        action: &'static str,
+        /// The file or directory.
         path: PathBuf,
         /// The cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
+    /// A secret key where a public key belongs, or the reverse.
+    #[error("{0}")]
+    WrongKind(String),
+    /// A key pair name that is not a plain file name.
+    #[error(
+        "key name `{0}` must be a plain file name (letters, digits, `.`, `_`, `-`; not starting with `.`)"
+    )]
+    BadName(String),
     /// A key's text is not 32 bytes of base64.
     #[error("{what} is not an ed25519 key (32 bytes of base64, as written by `isthmus keygen`)")]
     Malformed {
@@ -101,18 +111,28 @@ impl PolicySigner {
         }
     }
 
-    /// Reads a secret key file written by `isthmus keygen`.
+    /// Reads a secret key file written by `isthmus keygen` (64 bytes of base64: the secret
+    /// and its public key, checked against each other).
     pub fn from_file(path: &Path) -> Result<Self, KeyError> {
-        let text = std::fs::read_to_string(path).map_err(|source| KeyError::Io {
+        let text = std::fs::read_to_string(path).map_err(|cause| KeyError::Io {
+            action: "read key file",
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
-        let bytes = decode32(text.trim()).ok_or_else(|| KeyError::Malformed {
+        let bytes = BASE64.decode(text.trim()).unwrap_or_default();
+        if bytes.len() == 32 {
+            return Err(KeyError::WrongKind(format!(
+                "{} holds a public key: `signing_key` needs the secret `.key` file made by `isthmus keygen`",
+                path.display()
+            )));
+        }
+        let pair: [u8; 64] = bytes.try_into().map_err(|_| KeyError::Malformed {
             what: format!("the secret key in {}", path.display()),
         })?;
-        Ok(PolicySigner {
-            key: SigningKey::from_bytes(&bytes),
-        })
+        let key = SigningKey::from_keypair_bytes(&pair).map_err(|_| KeyError::Malformed {
+            what: format!("the secret key in {}", path.display()),
+        })?;
+        Ok(PolicySigner { key })
     }
 
     /// The public key, in base64: what edges list in `[policy] trusted_keys`.
@@ -120,9 +140,9 @@ impl PolicySigner {
         BASE64.encode(self.key.verifying_key().as_bytes())
     }
 
-    /// The secret key, in base64.
+    /// The secret key with its public key (64 bytes), in base64: a key file's content.
     pub fn secret_key(&self) -> String {
-        BASE64.encode(self.key.as_bytes())
+        BASE64.encode(self.key.to_keypair_bytes())
     }
 
     /// The signature of a change, in base64.
@@ -133,6 +153,12 @@ impl PolicySigner {
     /// Writes `DIR/NAME.key` (secret, readable by the owner only) and `DIR/NAME.pub`; refuses
     /// to overwrite either.
     pub fn write_pair(&self, dir: &Path, name: &str) -> Result<(PathBuf, PathBuf), KeyError> {
+        let plain = name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if name.is_empty() || name.starts_with('.') || !plain {
+            return Err(KeyError::BadName(name.to_string()));
+        }
         let secret = dir.join(format!("{name}.key"));
         let public = dir.join(format!("{name}.pub"));
         for path in [&secret, &public] {
@@ -140,19 +166,26 @@ impl PolicySigner {
                 return Err(KeyError::Exists(path.clone()));
             }
         }
-        let io = |path: &Path| {
+        let io = |action: &'static str, path: &Path| {
             let path = path.to_path_buf();
-            move |source| KeyError::Io { path, source }
+            move |cause| KeyError::Io {
+                action,
+                path,
+                cause,
+            }
         };
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        std::fs::create_dir_all(dir).map_err(io("create directory", dir))?;
         let mut options = std::fs::OpenOptions::new();
         options.write(true).create_new(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options.open(&secret).map_err(io(&secret))?;
+        let mut file = options
+            .open(&secret)
+            .map_err(io("write key file", &secret))?;
         std::io::Write::write_all(&mut file, format!("{}\n", self.secret_key()).as_bytes())
-            .map_err(io(&secret))?;
-        std::fs::write(&public, format!("{}\n", self.public_key())).map_err(io(&public))?;
+            .map_err(io("write key file", &secret))?;
+        std::fs::write(&public, format!("{}\n", self.public_key()))
+            .map_err(io("write key file", &public))?;
         Ok((secret, public))
     }
 }
@@ -185,10 +218,25 @@ impl TrustedKeys {
             Some(bytes) => bytes,
             None => {
                 let path = crate::component::resolve_path(base_dir, entry);
-                let text = std::fs::read_to_string(&path).map_err(|source| KeyError::Io {
-                    path: path.clone(),
-                    source,
+                let text = std::fs::read_to_string(&path).map_err(|cause| {
+                    if cause.kind() == std::io::ErrorKind::NotFound {
+                        KeyError::WrongKind(format!(
+                            "`{entry}` is neither a public key (32 bytes of base64) nor an existing `.pub` file"
+                        ))
+                    } else {
+                        KeyError::Io {
+                            action: "read key file",
+                            path: path.clone(),
+                            cause,
+                        }
+                    }
                 })?;
+                if BASE64.decode(text.trim()).is_ok_and(|b| b.len() == 64) {
+                    return Err(KeyError::WrongKind(format!(
+                        "{} holds a secret key: list the `.pub` file, and keep the secret on the cloud node only",
+                        path.display()
+                    )));
+                }
                 decode32(text.trim()).ok_or_else(|| KeyError::Malformed {
                     what: format!("the public key in {}", path.display()),
                 })?
@@ -329,10 +377,21 @@ mod tests {
             let mode = std::fs::metadata(&secret).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+        // A secret where a public key belongs, and the reverse, are refused.
+        let err = TrustedKeys::parse("cloud.key", dir.path()).unwrap_err();
+        assert!(err.to_string().contains("holds a secret key"), "{err}");
+        let err = PolicySigner::from_file(&public).unwrap_err();
+        assert!(err.to_string().contains("holds a public key"), "{err}");
+        for bad in ["", "../x", ".hidden", "a/b"] {
+            assert!(matches!(
+                signer.write_pair(dir.path(), bad),
+                Err(KeyError::BadName(_))
+            ));
+        }
         std::fs::write(&public, "short\n").unwrap();
         let err = TrustedKeys::parse("cloud.pub", dir.path()).unwrap_err();
         assert!(err.to_string().contains("not an ed25519 key"), "{err}");
         let err = TrustedKeys::parse("missing.pub", dir.path()).unwrap_err();
-        assert!(err.to_string().contains("missing.pub"), "{err}");
+        assert!(err.to_string().contains("neither a public key"), "{err}");
     }
 }

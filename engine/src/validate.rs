@@ -237,7 +237,9 @@ fn check(spec: &PipelineSpec, channels: &BTreeMap<String, SchemaRef>) -> Checked
     }
 
     // Schemas flow through the graph.
-    let snapshot = PolicyStore::new(spec.policy_defaults.clone(), spec.remote.clone()).snapshot();
+    let snapshot = PolicyStore::new(spec.policy_defaults.clone(), spec.remote.clone())
+        .with_trusted_keys(spec.trusted_keys.clone())
+        .snapshot();
     let cx = CheckContext {
         node: &spec.node,
         policy: &snapshot,

@@ -83,7 +83,7 @@ pub struct Fleet {
     /// A numeric column holding each report's anomaly score. When given, the output also
     /// has, per group over the reports of the last `anomalous_for` (a sliding event-time
     /// window): `reports` (Int64, their number: the group's anomaly rate per window),
-    /// `mean_score` and `max_score` (Float64). Rows with a null or NaN score go to the
+    /// `mean_score` and `max_score` (Float64). Rows with a null, NaN or infinite score go to the
     /// `dead_letter` output. Optional.
     pub score: Option<String>,
     /// The event-time step at which results change, for example `"1s"`: a report counts
@@ -352,7 +352,7 @@ impl Reports {
         let mut bad: Vec<u32> = Vec::new();
         out.reserve(2 * n);
         for row in 0..n {
-            let score_bad = score.is_some_and(|s| s.is_null(row) || s.value(row).is_nan());
+            let score_bad = score.is_some_and(|s| s.is_null(row) || !s.value(row).is_finite());
             if times.is_null(row)
                 || device.is_null(row)
                 || groups.iter().any(|g| g.is_null(row))
@@ -373,7 +373,7 @@ impl Reports {
             let rows =
                 take_record_batch(batch, &UInt32Array::from(bad)).expect("row indices in bounds");
             let reason = if self.score.is_some() {
-                "null device, group, ts or score (or a NaN score)"
+                "null device, group, ts or score (or a score that is not a finite number)"
             } else {
                 "null device, group or ts"
             };

@@ -272,7 +272,7 @@ impl Sink for KafkaSink {
             }
             if time == Time::MAX && !finished {
                 finished = true;
-                link.drain(drain_timeout, &shutdown, &name, &metrics);
+                link.drain(drain_timeout, &name, &metrics);
             }
         });
         Ok(())
@@ -485,16 +485,12 @@ impl Link {
     }
 
     /// Waits until the buffer is empty, the timeout passes, or the process stops.
-    fn drain(
-        &self,
-        timeout: Duration,
-        shutdown: &AtomicBool,
-        name: &str,
-        metrics: &ComponentMetrics,
-    ) {
+    /// Waits until the broker acknowledged everything or `timeout` passed, also after Ctrl-C
+    /// (a second Ctrl-C aborts the process).
+    fn drain(&self, timeout: Duration, name: &str, metrics: &ComponentMetrics) {
         let started = Instant::now();
         while self.buffer.stats().frames > 0 {
-            if started.elapsed() >= timeout || shutdown.load(Ordering::Relaxed) {
+            if started.elapsed() >= timeout {
                 let left = self.buffer.stats().frames;
                 if self.disk {
                     tracing::warn!(component = %name, "{left} messages stay in the spool; they are sent at the next start");

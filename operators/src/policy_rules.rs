@@ -70,7 +70,9 @@ set = { threshold = 3.5 }
 /// retracted), the scope has no policies. Whenever that outcome changes, the output (a policy
 /// stream for a `reconfigure` sink, usually through a channel) retracts the old value
 /// (`diff = -1`) and sets the new one (`diff = +1`); `version` is the event time in
-/// milliseconds. Nothing is emitted while nothing changes. Rows with a null scope, `diff` or
+/// milliseconds. Nothing is emitted while nothing changes. A rule's optional `action` goes
+/// to the `actions` side output while that rule is the one matching a scope. Rows with a
+/// null scope, `diff` or
 /// `ts` go to the `dead_letter` output.
 #[derive(Debug, Clone, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -105,7 +107,59 @@ pub struct PolicyRule {
     /// The policies to set while the rule matches: tunable name → value (a boolean, number
     /// or string), for example `{ threshold = 2.5 }`. At least one.
     #[schemars(with = "BTreeMap<String, ScalarSchema>")]
+    #[serde(default)]
     pub set: BTreeMap<String, PolicyValue>,
+    /// A remediation action, for example `"open a work order: inspect the line"`: while the
+    /// rule is the one that matches a scope, the `actions` side output holds a row for it
+    /// (`+1` when it starts, `-1` when it ends), to send to a work-order topic. Optional;
+    /// a rule needs `set`, `action` or both.
+    pub action: Option<String>,
+}
+
+/// The name of the side output carrying remediation actions.
+pub const ACTIONS: &str = "actions";
+
+/// The schema of the `actions` side output: one row per action that starts (`diff = +1`)
+/// or ends (`-1`) for a scope, with the index of the rule and the version (event time, ms).
+pub fn actions_schema() -> SchemaRef {
+    isthmus_engine::batch::schema_with_time([
+        arrow::datatypes::Field::new("scope_key", DataType::Utf8, false),
+        arrow::datatypes::Field::new("scope_value", DataType::Utf8, false),
+        arrow::datatypes::Field::new("rule", DataType::Int64, false),
+        arrow::datatypes::Field::new("action", DataType::Utf8, false),
+        arrow::datatypes::Field::new("diff", DataType::Int64, false),
+        arrow::datatypes::Field::new("version", DataType::Int64, false),
+    ])
+}
+
+/// One action starting or ending for a scope value: (scope value, rule, action, diff).
+type ActionChange = (String, usize, String, i64);
+
+fn actions_to_batch(scope_key: &str, changes: &[ActionChange], time: Time) -> RecordBatch {
+    let n = changes.len();
+    RecordBatch::try_new(
+        actions_schema(),
+        vec![
+            time_array(vec![time as i64; n]),
+            Arc::new(arrow::array::StringArray::from_iter_values(
+                changes.iter().map(|_| scope_key),
+            )),
+            Arc::new(arrow::array::StringArray::from_iter_values(
+                changes.iter().map(|c| c.0.as_str()),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                changes.iter().map(|c| c.1 as i64),
+            )),
+            Arc::new(arrow::array::StringArray::from_iter_values(
+                changes.iter().map(|c| c.2.as_str()),
+            )),
+            Arc::new(Int64Array::from_iter_values(changes.iter().map(|c| c.3))),
+            Arc::new(Int64Array::from_iter_values(
+                changes.iter().map(|_| time as i64),
+            )),
+        ],
+    )
+    .expect("actions schema matches")
 }
 
 /// The JSON schema of a policy value: a TOML scalar.
@@ -223,9 +277,9 @@ impl PolicyRules {
                 )
                 .with_help("write a condition, for example \"anomalous_devices >= 3\""));
             }
-            if rule.set.is_empty() {
-                return Err(Problem::at("rules", format!("rule {i}: `set` is empty"))
-                    .with_help("name at least one policy, for example set = { threshold = 2.5 }"));
+            if rule.set.is_empty() && rule.action.is_none() {
+                return Err(Problem::at("rules", format!("rule {i}: neither `set` nor `action`"))
+                    .with_help("name at least one policy, for example set = { threshold = 2.5 }, or an action"));
             }
             if let Some(name) = rule.set.keys().find(|k| k.trim().is_empty()) {
                 return Err(Problem::at(
@@ -268,6 +322,10 @@ struct RuleState {
     rows: BTreeMap<String, BTreeMap<OwnedRow, i64>>,
     /// The policies emitted and not retracted, per scope value.
     emitted: BTreeMap<String, BTreeMap<String, PolicyValue>>,
+    /// Each rule's action, if it has one.
+    actions: Vec<Option<String>>,
+    /// The action in force per scope value: the rule's index.
+    active_actions: BTreeMap<String, usize>,
 }
 
 impl RuleState {
@@ -327,7 +385,7 @@ impl RuleState {
         time: Time,
         batches: &[RecordBatch],
         dead: &mut DeadLetters,
-    ) -> Vec<PolicyChange> {
+    ) -> (Vec<PolicyChange>, Vec<ActionChange>) {
         let mut changed: BTreeSet<String> = BTreeSet::new();
         for batch in batches {
             let l = &self.layout;
@@ -379,7 +437,7 @@ impl RuleState {
             }
         }
         if changed.is_empty() {
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         }
 
         // The current rows of the changed scopes, in one batch; every rule evaluated once.
@@ -419,14 +477,27 @@ impl RuleState {
         }
 
         let mut changes = Vec::new();
+        let mut action_changes = Vec::new();
         for (value, (start, end)) in changed.iter().zip(ranges) {
-            let desired = matched
-                .iter()
-                .position(|m| {
-                    m.as_ref()
-                        .is_some_and(|m| (start..end).any(|i| m.is_valid(i) && m.value(i)))
-                })
-                .map(|r| &self.rules[r].1);
+            let winner = matched.iter().position(|m| {
+                m.as_ref()
+                    .is_some_and(|m| (start..end).any(|i| m.is_valid(i) && m.value(i)))
+            });
+            let action = winner.filter(|r| self.actions[*r].is_some());
+            let previous = self.active_actions.get(value).copied();
+            if previous != action {
+                if let Some(r) = previous {
+                    let text = self.actions[r].clone().unwrap_or_default();
+                    action_changes.push((value.clone(), r, text, -1));
+                    self.active_actions.remove(value);
+                }
+                if let Some(r) = action {
+                    let text = self.actions[r].clone().unwrap_or_default();
+                    action_changes.push((value.clone(), r, text, 1));
+                    self.active_actions.insert(value.clone(), r);
+                }
+            }
+            let desired = winner.map(|r| &self.rules[r].1);
             let empty = BTreeMap::new();
             let before = self.emitted.get(value).unwrap_or(&empty);
             let after = desired.unwrap_or(&empty);
@@ -467,7 +538,7 @@ impl RuleState {
                 self.rows.remove(value);
             }
         }
-        changes
+        (changes, action_changes)
     }
 
     /// Rebuilds input-shaped rows (ts = `time`, diff = multiplicity) to evaluate the rules on.
@@ -502,7 +573,12 @@ impl RuleState {
 
 /// Rows of one time waiting for the watermark, with capabilities for the main and the
 /// dead-letter output.
-type Pending = (Capability<Time>, Capability<Time>, Vec<RecordBatch>);
+type Pending = (
+    Capability<Time>,
+    Capability<Time>,
+    Capability<Time>,
+    Vec<RecordBatch>,
+);
 
 /// Splits a batch by effective time (max of the row's `ts` and the message time).
 fn split_by_time(batch: RecordBatch, ts: usize, msg_time: Time) -> Vec<(Time, RecordBatch)> {
@@ -574,7 +650,8 @@ impl Transform for PolicyRules {
                 .with_help("name a node id, or leave `node` out to address every node (`*`)"));
         }
         Ok(Outputs::main(self.output_schema())
-            .with_side(ops::DEAD_LETTER, ops::dead_letter_schema()))
+            .with_side(ops::DEAD_LETTER, ops::dead_letter_schema())
+            .with_side(ACTIONS, actions_schema()))
     }
 
     fn build<'s>(
@@ -602,6 +679,8 @@ impl Transform for PolicyRules {
                 .collect(),
             rows: BTreeMap::new(),
             emitted: BTreeMap::new(),
+            actions: self.rules.iter().map(|r| r.action.clone()).collect(),
+            active_actions: BTreeMap::new(),
         };
         let metrics = cx.metrics.clone();
         let signer = self
@@ -617,14 +696,19 @@ impl Transform for PolicyRules {
         let mut rows_in = builder.new_input(input, Pipeline);
         let (main_out, main) = builder.new_output::<Vec<Batch>>();
         let (dead_out, dead) = builder.new_output::<Vec<Batch>>();
+        let (actions_out, actions) = builder.new_output::<Vec<Batch>>();
         let mut main_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<Batch>>>::from(main_out);
         let mut dead_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<Batch>>>::from(dead_out);
+        let mut actions_out =
+            OutputBuilder::<_, CapacityContainerBuilder<Vec<Batch>>>::from(actions_out);
+        let scope_key = self.scope.clone();
         builder.build(move |_| {
             // Rows waiting for the watermark to pass their time, with capabilities for both outputs.
             let mut pending: BTreeMap<Time, Pending> = BTreeMap::new();
             move |frontiers| {
                 let mut main_out = main_out.activate();
                 let mut dead_out = dead_out.activate();
+                let mut actions_out = actions_out.activate();
                 rows_in.for_each_stamp(|cap, data| {
                     let Some(&msg_time) = cap.least() else { return };
                     let mut letters = DeadLetters::default();
@@ -637,9 +721,14 @@ impl Transform for PolicyRules {
                                 pending
                                     .entry(t)
                                     .or_insert_with(|| {
-                                        (cap.delayed(&t, 0), cap.delayed(&t, 1), Vec::new())
+                                        (
+                                            cap.delayed(&t, 0),
+                                            cap.delayed(&t, 1),
+                                            cap.delayed(&t, 2),
+                                            Vec::new(),
+                                        )
                                     })
-                                    .2
+                                    .3
                                     .push(part);
                             }
                         }
@@ -653,9 +742,18 @@ impl Transform for PolicyRules {
                     if frontiers[0].less_equal(entry.key()) {
                         break;
                     }
-                    let (time, (main_cap, dead_cap, batches)) = entry.remove_entry();
+                    let (time, (main_cap, dead_cap, actions_cap, batches)) = entry.remove_entry();
                     let mut letters = DeadLetters::default();
-                    let changes = state.process(time, &batches, &mut letters);
+                    let (changes, action_changes) = state.process(time, &batches, &mut letters);
+                    if !action_changes.is_empty() {
+                        actions_out
+                            .session(&actions_cap)
+                            .give(Batch::new(actions_to_batch(
+                                &scope_key,
+                                &action_changes,
+                                time,
+                            )));
+                    }
                     if !changes.is_empty() {
                         let batch = if addressed {
                             let nodes = vec![node.clone(); changes.len()];
@@ -672,7 +770,9 @@ impl Transform for PolicyRules {
                 }
             }
         });
-        Ok(Outputs::main(main).with_side(ops::DEAD_LETTER, dead))
+        Ok(Outputs::main(main)
+            .with_side(ops::DEAD_LETTER, dead)
+            .with_side(ACTIONS, actions))
     }
 }
 
@@ -839,7 +939,7 @@ set = { threshold = 3.5 }
             let text = "scope = \"line\"\n[[rules]]\nwhen = \"anomalous_devices > 1\"\nset = {}";
             let p = problem(rules(text).schemas(&schema, cx));
             assert!(
-                p.message.contains("rule 0: `set` is empty"),
+                p.message.contains("rule 0: neither `set` nor `action`"),
                 "{}",
                 p.message
             );
@@ -1004,6 +1104,61 @@ set = { threshold = 3.5 }
         counts.sort_by_key(|(t, _)| *t);
         let out = harness.run_transform(&two_rules(), fleet.output_schema(), counts);
         assert_eq!(sorted(changes(&out.main)), expected_two_lines());
+    }
+
+    #[test]
+    fn an_action_starts_and_ends_with_its_rule() {
+        let fleet: Fleet = toml::from_str("anomalous_for = \"10s\"").unwrap();
+        let harness = Harness::default();
+        let mut counts = harness
+            .run_transform(&fleet, anomaly_schema(), two_lines())
+            .main;
+        counts.sort_by_key(|(t, _)| *t);
+        let with_action = rules(
+            r#"scope = "line"
+[[rules]]
+when = "anomalous_devices >= 3"
+action = "open a work order: inspect the line"
+[[rules]]
+when = "anomalous_devices >= 1"
+set = { threshold = 3.5 }
+"#,
+        );
+        let out = harness.run_transform(&with_action, fleet.output_schema(), counts);
+        let mut rows = Vec::new();
+        for (_, b) in &out.side[ACTIONS] {
+            assert_eq!(b.schema(), actions_schema());
+            for i in 0..b.num_rows() {
+                rows.push((
+                    b.column(0)
+                        .as_primitive::<TimestampMillisecondType>()
+                        .value(i),
+                    b.column(2).as_string::<i32>().value(i).to_string(),
+                    b.column(3).as_primitive::<Int64Type>().value(i),
+                    b.column(4).as_string::<i32>().value(i).to_string(),
+                    b.column(5).as_primitive::<Int64Type>().value(i),
+                ));
+            }
+        }
+        rows.sort();
+        let action = "open a work order: inspect the line".to_string();
+        assert_eq!(
+            rows,
+            vec![
+                (3_000, "L1".to_string(), 0, action.clone(), 1),
+                (12_000, "L1".to_string(), 0, action, -1),
+            ]
+        );
+        // While the action holds, rule 1's threshold for L1 is retracted (rule 0 sets none).
+        let changes = sorted(changes(&out.main));
+        assert!(
+            changes.contains(&row(3_000, "threshold", "L1", "3.5", -1)),
+            "{changes:?}"
+        );
+        assert!(
+            changes.contains(&row(12_000, "threshold", "L1", "3.5", 1)),
+            "{changes:?}"
+        );
     }
 
     #[test]

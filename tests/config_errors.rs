@@ -365,3 +365,37 @@ path = "./readings.csv"
         "the input is untouched"
     );
 }
+
+#[test]
+fn a_wrong_policy_section_is_reported_once_without_follow_on_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "p.toml",
+        r#"[node]
+id = "edge-1"
+
+[policy]
+trusted_key = ["keys/cloud.pub"]
+
+[policy.tunables]
+threshold = 4.0
+
+[sources.sim]
+type = "simulator"
+
+[transforms.alerts]
+type = "filter"
+inputs = ["sim"]
+predicate = "temperature > ${policy.threshold}"
+
+[sinks.out]
+type = "null"
+inputs = ["alerts"]
+"#,
+    );
+    let (code, err) = validate(&[&file]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("trusted_key"), "{err}");
+    assert!(!err.contains("no declared tunable"), "{err}");
+}

@@ -508,6 +508,8 @@ pub fn parse_str(
 
     // [policy]
     let mut policy = PolicySection::default();
+    // When `[policy]` itself is wrong, its tunables are unknown: references are not checked.
+    let mut policy_known = true;
     if let Some((k, v)) = get(&root, "policy") {
         use serde::de::IntoDeserializer;
         let empty = DeTable::default();
@@ -515,15 +517,20 @@ pub fn parse_str(
             DeValue::Table(t) => t.clone(),
             _ => empty,
         };
-        if !unknown_keys(
+        if unknown_keys(
             &mut p,
             "policy",
             &table,
             &["remote", "tunables", "trusted_keys"],
         ) {
+            policy_known = false;
+        } else {
             match PolicySection::deserialize(v.clone().into_deserializer()) {
                 Ok(section) => policy = section,
-                Err(e) => p.de_error(e, "policy", &table, k.span()),
+                Err(e) => {
+                    policy_known = false;
+                    p.de_error(e, "policy", &table, k.span());
+                }
             }
         }
     }
@@ -605,6 +612,9 @@ pub fn parse_str(
 
     // ${policy.NAME} references must name declared tunables.
     for kind in [Kind::Source, Kind::Transform, Kind::Sink] {
+        if !policy_known {
+            break;
+        }
         let Some((_, section)) = get(&root, kind.table()) else {
             continue;
         };

@@ -399,3 +399,17 @@ inputs = ["alerts"]
     assert!(err.contains("trusted_key"), "{err}");
     assert!(!err.contains("no declared tunable"), "{err}");
 }
+
+#[test]
+fn an_empty_trusted_keys_list_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "p.toml",
+        "[node]\nid = \"e\"\n\n[policy]\ntrusted_keys = []\n\n[sources.sim]\ntype = \"simulator\"\n\n[sinks.out]\ntype = \"null\"\ninputs = [\"sim\"]\n",
+    );
+    let (code, err) = validate(&[&file]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("p.toml:5:"), "{err}");
+    assert!(err.contains("`trusted_keys` is empty"), "{err}");
+}

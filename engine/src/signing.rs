@@ -135,6 +135,11 @@ impl PolicySigner {
         Ok(PolicySigner { key })
     }
 
+    /// Whether `text` is a secret key itself (pasted where a path belongs).
+    pub fn is_secret_text(text: &str) -> bool {
+        BASE64.decode(text.trim()).is_ok_and(|b| b.len() == 64)
+    }
+
     /// The public key, in base64: what edges list in `[policy] trusted_keys`.
     pub fn public_key(&self) -> String {
         BASE64.encode(self.key.verifying_key().as_bytes())
@@ -214,6 +219,11 @@ impl TrustedKeys {
     /// Parses `[policy] trusted_keys` entries: each is a base64 public key or the path (relative
     /// to `base_dir`) of a `.pub` file written by `isthmus keygen`.
     pub fn parse(entry: &str, base_dir: &Path) -> Result<VerifyingKey, KeyError> {
+        if BASE64.decode(entry.trim()).is_ok_and(|b| b.len() == 64) {
+            return Err(KeyError::WrongKind(
+                "this entry is a secret key: list the public key (the `.pub` file), and keep the secret on the cloud node only".into(),
+            ));
+        }
         let bytes = match decode32(entry.trim()) {
             Some(bytes) => bytes,
             None => {
@@ -377,7 +387,11 @@ mod tests {
             let mode = std::fs::metadata(&secret).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
-        // A secret where a public key belongs, and the reverse, are refused.
+        // A secret where a public key belongs, and the reverse, are refused, without echoing
+        // a pasted secret.
+        let err = TrustedKeys::parse(&signer.secret_key(), dir.path()).unwrap_err();
+        assert!(!err.to_string().contains(&signer.secret_key()), "{err}");
+        assert!(err.to_string().contains("is a secret key"), "{err}");
         let err = TrustedKeys::parse("cloud.key", dir.path()).unwrap_err();
         assert!(err.to_string().contains("holds a secret key"), "{err}");
         let err = PolicySigner::from_file(&public).unwrap_err();

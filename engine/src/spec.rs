@@ -78,7 +78,7 @@ struct PolicySection {
     /// Public keys (base64, or paths of `.pub` files) whose signatures remote changes must
     /// carry; empty accepts unsigned changes.
     #[serde(default)]
-    trusted_keys: Vec<Spanned<String>>,
+    trusted_keys: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// A reference to a component output in `inputs`: `NAME` or `NAME.SIDE`.
@@ -553,7 +553,19 @@ pub fn parse_str(
         _ => PathBuf::from("."),
     };
     let mut trusted_keys = Vec::new();
-    for entry in &policy.trusted_keys {
+    if let Some(list) = &policy.trusted_keys
+        && list.get_ref().is_empty()
+    {
+        p.err(
+            list.span(),
+            "policy.trusted_keys",
+            "`trusted_keys` is empty: no change could ever be verified",
+        )
+        .help = Some(
+            "list the cloud's public key (`isthmus keygen` makes one), or leave `trusted_keys` out to accept unsigned changes".into(),
+        );
+    }
+    for entry in policy.trusted_keys.iter().flat_map(|l| l.get_ref()) {
         match crate::signing::TrustedKeys::parse(entry.get_ref(), &base_dir) {
             Ok(key) => trusted_keys.push(key),
             Err(e) => {

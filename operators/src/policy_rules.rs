@@ -628,6 +628,12 @@ impl PolicyRules {
         let Some(path) = &self.signing_key else {
             return Ok(None);
         };
+        if PolicySigner::is_secret_text(path) {
+            return Err(Problem::at(
+                "signing_key",
+                "this is the secret key itself: give the path of the `.key` file instead (and keep the key out of pipeline files)",
+            ));
+        }
         PolicySigner::from_file(&resolve(path))
             .map(Some)
             .map_err(|e| {

@@ -218,7 +218,7 @@ pub const SIGNER_COLUMN: &str = "signer";
 pub const SIGNATURE_COLUMN: &str = "signature";
 
 /// The schema of an addressed, signed policy stream (what a `policy` transform with a
-/// `signing_key` or a `target` emits): [`policy_change_schema`] plus `node`, `signer` and
+/// `signing_key` or a `node` emits): [`policy_change_schema`] plus `node`, `signer` and
 /// `signature`.
 pub fn signed_policy_change_schema() -> arrow::datatypes::SchemaRef {
     use arrow::datatypes::{DataType, Field, Schema};

@@ -72,15 +72,7 @@ fn message(signer: &PolicySigner, version: u64) -> String {
     };
     let value = change.value.to_string();
     let scope = change.scope.as_ref().expect("scoped");
-    let fields = SignedFields {
-        node: "*",
-        policy: &change.name,
-        scope_key: Some(&scope.key),
-        scope_value: Some(&scope.value),
-        value: &value,
-        diff: 1,
-        version,
-    };
+    let fields = SignedFields::of_change("*", &change, &value);
     serde_json::json!({
         "ts": "2026-01-01T00:00:00Z",
         "policy": change.name,

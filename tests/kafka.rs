@@ -10,13 +10,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use support::brokers::{KafkaBroker, Mosquitto, free_port};
-
-/// The `isthmus` binary built for these tests.
-fn isthmus() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_isthmus"));
-    c.env("RUST_LOG", "info");
-    c
-}
+use support::{isthmus, workdir};
 
 /// Runs `isthmus run` on pipeline files and returns its output, panicking on failure.
 fn run(files: &[&Path]) -> Output {
@@ -44,14 +38,6 @@ fn spawn(files: &[&Path], log: &Path) -> Child {
         .stderr(log)
         .spawn()
         .expect("spawn isthmus")
-}
-
-/// A temp dir for one test.
-fn workdir(name: &str) -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix(&format!("isthmus-{name}-"))
-        .tempdir()
-        .expect("temp dir")
 }
 
 /// Writes `n` events `{ts, id, device, value}` starting at `first_id` as JSON lines.

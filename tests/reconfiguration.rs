@@ -13,23 +13,11 @@ use std::time::{Duration, Instant};
 use isthmus_engine::policy::{PolicyChange, PolicyScope, PolicyValue};
 use isthmus_engine::signing::{PolicySigner, SignedFields};
 use support::brokers::KafkaBroker;
+use support::{isthmus, workdir};
 
 /// The tests of this file run one at a time: each starts several nodes, and on two cores
 /// two such tests at once starve each other's timeouts.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn isthmus() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_isthmus"));
-    c.env("RUST_LOG", "info");
-    c
-}
-
-fn workdir(name: &str) -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix(&format!("isthmus-{name}-"))
-        .tempdir()
-        .expect("temp dir")
-}
 
 /// Starts `isthmus run FILE` in the background, logging to `FILE.log`.
 fn spawn(file: &Path) -> Child {
@@ -358,15 +346,7 @@ fn message(
     tamper: Option<&str>,
 ) -> String {
     let value = change.value.to_string();
-    let fields = SignedFields {
-        node,
-        policy: &change.name,
-        scope_key: change.scope.as_ref().map(|s| s.key.as_str()),
-        scope_value: change.scope.as_ref().map(|s| s.value.as_str()),
-        value: &value,
-        diff: change.diff,
-        version: change.version,
-    };
+    let fields = SignedFields::of_change(node, change, &value);
     let signature = signer.map(|s| s.sign(&fields));
     serde_json::json!({
         "ts": "2026-01-01T00:00:00Z",

@@ -171,15 +171,7 @@ fn receive(
         } else if trusted.is_empty() {
             None
         } else {
-            let fields = SignedFields {
-                node: to,
-                policy: &change.name,
-                scope_key: change.scope.as_ref().map(|s| s.key.as_str()),
-                scope_value: change.scope.as_ref().map(|s| s.value.as_str()),
-                value: values.value(i),
-                diff: change.diff,
-                version: change.version,
-            };
+            let fields = SignedFields::of_change(to, &change, values.value(i));
             trusted
                 .verify(&fields, cell(signers, i), cell(signatures, i))
                 .err()

@@ -248,17 +248,7 @@ pub fn signed_changes_to_batch(
         .zip(nodes)
         .map(|(c, node)| {
             let value = c.value.to_string();
-            signer.map(|s| {
-                s.sign(&crate::signing::SignedFields {
-                    node,
-                    policy: &c.name,
-                    scope_key: c.scope.as_ref().map(|s| s.key.as_str()),
-                    scope_value: c.scope.as_ref().map(|s| s.value.as_str()),
-                    value: &value,
-                    diff: c.diff,
-                    version: c.version,
-                })
-            })
+            signer.map(|s| s.sign(&crate::signing::SignedFields::of_change(node, c, &value)))
         })
         .collect();
     let public = signer.map(|s| s.public_key());

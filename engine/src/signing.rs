@@ -67,7 +67,25 @@ pub struct SignedFields<'a> {
     pub version: u64,
 }
 
-impl SignedFields<'_> {
+impl<'a> SignedFields<'a> {
+    /// The fields of `change` addressed to `node`, its value written as `value` (the text
+    /// of the stream's `value` column).
+    pub fn of_change(
+        node: &'a str,
+        change: &'a crate::policy::PolicyChange,
+        value: &'a str,
+    ) -> Self {
+        SignedFields {
+            node,
+            policy: &change.name,
+            scope_key: change.scope.as_ref().map(|s| s.key.as_str()),
+            scope_value: change.scope.as_ref().map(|s| s.value.as_str()),
+            value,
+            diff: change.diff,
+            version: change.version,
+        }
+    }
+
     /// The bytes that are signed: a domain tag, then every field length-prefixed, so that no
     /// two different changes share a message.
     pub fn message(&self) -> Vec<u8> {
@@ -219,7 +237,7 @@ impl TrustedKeys {
     /// Parses `[policy] trusted_keys` entries: each is a base64 public key or the path (relative
     /// to `base_dir`) of a `.pub` file written by `isthmus keygen`.
     pub fn parse(entry: &str, base_dir: &Path) -> Result<VerifyingKey, KeyError> {
-        if BASE64.decode(entry.trim()).is_ok_and(|b| b.len() == 64) {
+        if PolicySigner::is_secret_text(entry) {
             return Err(KeyError::WrongKind(
                 "this entry is a secret key: list the public key (the `.pub` file), and keep the secret on the cloud node only".into(),
             ));
@@ -241,7 +259,7 @@ impl TrustedKeys {
                         }
                     }
                 })?;
-                if BASE64.decode(text.trim()).is_ok_and(|b| b.len() == 64) {
+                if PolicySigner::is_secret_text(&text) {
                     return Err(KeyError::WrongKind(format!(
                         "{} holds a secret key: list the `.pub` file, and keep the secret on the cloud node only",
                         path.display()
